@@ -1,0 +1,46 @@
+"""The ``cxrlab`` console script: one Typer app, one sub-app per concern."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from cxrlab import __version__
+from cxrlab.cli import data as data_cli
+from cxrlab.cli import metrics as metrics_cli
+from cxrlab.cli import model as model_cli
+from cxrlab.cli import train as train_cli
+
+app = typer.Typer(
+    name="cxrlab",
+    help="Deep learning on chest radiographs: data, training, evaluation, explanation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(data_cli.app, name="data")
+app.add_typer(metrics_cli.app, name="metrics")
+app.add_typer(model_cli.app, name="model")
+train_cli.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cxrlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True),
+) -> None:
+    """cxrlab command line."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+if __name__ == "__main__":
+    app()
