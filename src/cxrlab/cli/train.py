@@ -2,8 +2,143 @@
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from cxrlab.cli.errors import user_errors
+
+console = Console()
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def auroc_table(metrics: dict, split: str, title: str | None = None) -> Table:
+    """A rich table of per-task AUROC with DeLong 95% CI for one split of metrics.json."""
+    block = metrics[split]
+    table = Table(title=title or f"{split} AUROC (study level, DeLong 95% CI)")
+    for column in ("task", "n", "positive", "AUROC", "95% CI", "sens@J", "spec@J"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for task, report in block["tasks"].items():
+        youden = report.get("youden", {})
+        table.add_row(task, str(report.get("n", "")), str(report.get("n_positive", "")),
+                      _fmt(report.get("auroc")),
+                      f"{_fmt(report.get('auroc_ci_low'))}–{_fmt(report.get('auroc_ci_high'))}",
+                      _fmt(youden.get("sensitivity")), _fmt(youden.get("specificity")))
+    table.add_row("mean", "", "", _fmt(block.get("mean_auroc")), "", "", "", style="bold")
+    return table
 
 
 def register(app: typer.Typer) -> None:
     """Add the training commands to the top-level app."""
+
+    @app.command("train")
+    @user_errors
+    def train_cmd(
+        config: Path = typer.Argument(..., help="YAML recipe (see configs/)."),
+        overrides: list[str] = typer.Argument(None, help="key.path=value overrides, e.g. model.arch=resnet50"),
+        resume: bool = typer.Option(False, "--resume", help="Continue a killed run in its directory."),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    ) -> None:
+        """Train a classifier from a recipe; writes a run directory and an MLflow run."""
+        from cxrlab.config import load_config
+        from cxrlab.pipelines.classify import train
+
+        cfg = load_config(config, overrides or [])
+        run_dir = train(cfg, resume=resume, progress=progress)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        for split in ("valid", "test"):
+            if split in metrics:
+                console.print(auroc_table(metrics, split))
+        console.print(f"run directory: [bold]{run_dir}[/]")
+
+    @app.command("evaluate")
+    @user_errors
+    def evaluate_cmd(
+        run_dir: Path = typer.Argument(..., help="A run directory made by `cxrlab train`."),
+        split: list[str] = typer.Option(None, "--split", help="Split(s) to score: valid, test (default: both)."),
+        checkpoint: str = typer.Option("best_auroc.pt", help="best_auroc.pt or best_loss.pt"),
+        as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
+    ) -> None:
+        """Score a run's best checkpoint; rewrites metrics.json, predictions and curves."""
+        from cxrlab.pipelines.classify import evaluate_run
+
+        metrics = evaluate_run(run_dir, splits=split or None, checkpoint=checkpoint)
+        if as_json:
+            typer.echo(json.dumps({s: metrics[s] for s in (split or ("valid", "test")) if s in metrics},
+                                  default=lambda v: None))
+            return
+        for name in split or ("valid", "test"):
+            if name in metrics:
+                console.print(auroc_table(metrics, name))
+
+    @app.command("predict")
+    @user_errors
+    def predict_cmd(
+        checkpoint: Path = typer.Argument(..., help="best_auroc.pt (or a run directory)."),
+        images: list[Path] = typer.Argument(..., help="DICOM/PNG/JPEG files or folders."),
+        out: Path = typer.Option(None, "--out", help="Write predictions to this CSV."),
+        skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (counted)."),
+    ) -> None:
+        """Per-image probabilities and decisions at the checkpoint's thresholds."""
+        from cxrlab.errors import SkipLog
+        from cxrlab.pipelines.predict import iter_image_paths, predict_images
+        from cxrlab.utils import atomic_write_text
+
+        skips = SkipLog("skip" if skip_bad else "raise")
+        frame = predict_images(checkpoint, iter_image_paths(images), skips=skips)
+        if out is not None:
+            atomic_write_text(out, frame.to_csv(index=False))
+            console.print(f"wrote {len(frame)} prediction(s) to {out}")
+        labels = [c[len("prob_"):] for c in frame.columns if c.startswith("prob_")]
+        table = Table(title="predictions")
+        table.add_column("image")
+        for name in labels:
+            table.add_column(name, justify="right")
+        for _, row in frame.iterrows():
+            table.add_row(Path(row["path"]).name, *[_fmt(row[f"prob_{n}"]) for n in labels])
+        console.print(table)
+        if skips.count:
+            console.print(f"[yellow]{skips.summary()}[/]")
+
+    @app.command("compare")
+    @user_errors
+    def compare_cmd(
+        run_a: Path = typer.Argument(..., help="Reference run (e.g. BCE)."),
+        run_b: Path = typer.Argument(..., help="Run compared with it (e.g. DAM)."),
+        split: str = typer.Option("test", help="Split whose per-study predictions are compared."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Per-task ΔAUROC (B − A) with paired DeLong p-values on the shared studies."""
+        from cxrlab.pipelines.predict import compare_runs
+
+        frame = compare_runs(run_a, run_b, split=split)
+        if as_json:
+            typer.echo(frame.to_json(orient="records"))
+            return
+        table = Table(title=f"{run_b.name} vs {run_a.name} ({split}, paired DeLong)")
+        for column in ("task", "n", "AUROC A", "AUROC B", "Δ", "p"):
+            table.add_column(column, justify="left" if column == "task" else "right")
+        for _, row in frame.iterrows():
+            table.add_row(row["task"], str(row["n"]), _fmt(row["auroc_a"]), _fmt(row["auroc_b"]),
+                          f"{row['delta_auroc']:+.3f}", _fmt(row["p_value"], 4))
+        console.print(table)
+
+    @app.command("demo")
+    @user_errors
+    def demo_cmd(
+        out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder."),
+        n: int = typer.Option(480, help="Phantom images to synthesize."),
+    ) -> None:
+        """Synthesize phantoms, train a small model on CPU, evaluate, predict a real DICOM."""
+        from cxrlab.pipelines.demo import run_demo
+
+        run_demo(out, n_images=n, console=console)

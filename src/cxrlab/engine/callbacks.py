@@ -1,0 +1,150 @@
+"""Lightning callbacks: per-epoch seeding, best checkpoints across phases, history."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from cxrlab.utils import atomic_write, atomic_write_json
+
+
+def epoch_seed(seed: int, phase: int, epoch: int) -> int:
+    """The seed of one epoch: a pure function of (run seed, phase, epoch)."""
+    return (seed * 1_000_003 + phase * 10_007 + epoch * 101) % (2**31 - 1)
+
+
+class EpochSeed(L.Callback):
+    """Re-seed every RNG at the start of each training epoch.
+
+    An epoch then depends only on the weights and optimizer state it starts from, so a
+    run resumed from an epoch-end checkpoint ends with exactly the weights of an
+    uninterrupted one (on CPU in deterministic mode).
+    """
+
+    def __init__(self, seed: int, phase: int) -> None:
+        self.seed = seed
+        self.phase = phase
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = epoch_seed(self.seed, self.phase, trainer.current_epoch) + trainer.global_rank
+        random.seed(value)
+        np.random.seed(value)
+        torch.manual_seed(value)
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """Shuffles ``n`` items with a permutation fixed by (seed, epoch).
+
+    Lightning calls :meth:`set_epoch` before each epoch (and wraps this sampler for DDP).
+
+    Args:
+        n: Number of items.
+        seed: Base seed.
+        shuffle: False keeps the natural order.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n = int(n)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
+class BestCheckpoints(L.Callback):
+    """Keeps the best model by validation AUROC and by validation loss, across phases.
+
+    After each validation the module's ``last_val`` metrics are compared with the best
+    so far (stored in ``run_dir/best.json``, so a resumed run continues the
+    comparison); an improvement writes ``best_auroc.pt`` / ``best_loss.pt`` through
+    ``save`` (atomic). Every epoch appends a row to ``history.csv``.
+
+    Args:
+        run_dir: The run directory.
+        phase: Index of the current phase.
+        save: ``save(path, metrics)`` writes a model checkpoint.
+    """
+
+    def __init__(self, run_dir: Path, phase: int, save: Callable[[Path, dict], None]) -> None:
+        self.run_dir = Path(run_dir)
+        self.phase = phase
+        self.save = save
+        self.best_path = self.run_dir / "best.json"
+        self._epoch_start = time.perf_counter()
+
+    def _load_best(self) -> dict[str, Any]:
+        if self.best_path.is_file():
+            return json.loads(self.best_path.read_text())
+        return {"auroc": {"value": -math.inf}, "loss": {"value": math.inf}}
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        metrics = dict(getattr(pl_module, "last_val", {}))
+        if not metrics:
+            return
+        train_loss = trainer.callback_metrics.get("train_loss_epoch")
+        row = {
+            "phase": self.phase,
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "train_loss": float(train_loss) if train_loss is not None else float("nan"),
+            "seconds": round(time.perf_counter() - self._epoch_start, 3),
+            **metrics,
+        }
+        self._append_history(row)
+        best = self._load_best()
+        tag = {"phase": self.phase, "epoch": trainer.current_epoch, "global_step": trainer.global_step}
+        auroc = metrics.get("val_auroc", float("nan"))
+        if not math.isnan(auroc) and auroc > best["auroc"]["value"]:
+            self.save(self.run_dir / "best_auroc.pt", metrics)
+            best["auroc"] = {"value": auroc, **tag}
+        loss = metrics.get("val_loss", float("nan"))
+        if not math.isnan(loss) and loss < best["loss"]["value"]:
+            self.save(self.run_dir / "best_loss.pt", metrics)
+            best["loss"] = {"value": loss, **tag}
+        atomic_write_json(self.best_path, best)
+
+    def _append_history(self, row: dict[str, Any]) -> None:
+        path = self.run_dir / "history.csv"
+        rows: list[dict[str, Any]] = []
+        if path.is_file():
+            with path.open(newline="") as fh:
+                rows = [r for r in csv.DictReader(fh)
+                        if not (int(r["phase"]) == row["phase"] and int(r["epoch"]) == row["epoch"])]
+        rows.append({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
+        fields: list[str] = []
+        for r in rows:
+            fields += [k for k in r if k not in fields]
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=fields, restval="")
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(path, write)
