@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +119,7 @@ class PhaseConfig:
         lr_body: Maximum learning rate of the body (discriminative learning rates).
         lr_head: Maximum learning rate of the head.
         loss: Loss name (``bce``, ``focal``, ``aucm``, ``softf1``); null = train.loss.
+        loss_options: Keyword arguments of this phase's loss; null = train.loss_options.
         optimizer: ``adam``, ``adamw``, ``radam``, ``sgd`` or ``pesg``; null = train's.
         schedule: ``onecycle``, ``constant`` or ``cosine``; null = train's.
         reset_head: Re-initialise the last layer at the start of the phase (the
@@ -132,6 +135,7 @@ class PhaseConfig:
     lr_body: float | None = None
     lr_head: float | None = None
     loss: str | None = None
+    loss_options: Mapping[str, Any] | None = None
     optimizer: str | None = None
     schedule: str | None = None
     reset_head: bool = False
@@ -228,18 +232,18 @@ class ExperimentConfig:
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """Convert a YAML value to the dataclass field type ``hint``."""
-    origin = getattr(hint, "__origin__", None)
-    args = getattr(hint, "__args__", ())
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise ConfigError(where, f"expected a mapping, got {value!r}")
         return _build(hint, value, where)
     if hint is Any:
         return value
-    if origin is type(None) or hint is type(None):
+    if hint is type(None):
         return None
     # Optional[...] / unions: None passes, otherwise the first type that accepts it.
-    if origin is not None and str(origin) in ("typing.Union", "<class 'types.UnionType'>"):
+    if origin in (typing.Union, types.UnionType):
         if value is None:
             return None
         errors = []

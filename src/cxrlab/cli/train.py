@@ -37,6 +37,16 @@ def auroc_table(metrics: dict, split: str, title: str | None = None) -> Table:
     return table
 
 
+def _print_comparison(frame, run_a: Path, run_b: Path, split: str) -> None:
+    table = Table(title=f"{Path(run_b).name} vs {Path(run_a).name} ({split}, paired DeLong)")
+    for column in ("task", "n", "AUROC A", "AUROC B", "Δ (B−A)", "p"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for _, row in frame.iterrows():
+        table.add_row(row["task"], str(row["n"]), _fmt(row["auroc_a"]), _fmt(row["auroc_b"]),
+                      f"{row['delta_auroc']:+.3f}", _fmt(row["p_value"], 4))
+    console.print(table)
+
+
 def register(app: typer.Typer) -> None:
     """Add the training commands to the top-level app."""
 
@@ -124,13 +134,25 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(frame.to_json(orient="records"))
             return
-        table = Table(title=f"{run_b.name} vs {run_a.name} ({split}, paired DeLong)")
-        for column in ("task", "n", "AUROC A", "AUROC B", "Δ", "p"):
-            table.add_column(column, justify="left" if column == "task" else "right")
-        for _, row in frame.iterrows():
-            table.add_row(row["task"], str(row["n"]), _fmt(row["auroc_a"]), _fmt(row["auroc_b"]),
-                          f"{row['delta_auroc']:+.3f}", _fmt(row["p_value"], 4))
-        console.print(table)
+        _print_comparison(frame, run_a, run_b, split)
+
+    @app.command("dam")
+    @user_errors
+    def dam_cmd(
+        bce_config: Path = typer.Argument(..., help="BCE recipe (e.g. configs/ards_bce.yaml)."),
+        dam_config: Path = typer.Argument(..., help="DAM recipe (e.g. configs/ards_dam.yaml)."),
+        overrides: list[str] = typer.Argument(None, help="key=value overrides applied to both recipes."),
+        split: str = typer.Option("test", help="Split compared."),
+        progress: bool = typer.Option(True, "--progress/--no-progress"),
+    ) -> None:
+        """Train BCE and DAM on the same split and report ΔAUROC with paired DeLong tests."""
+        from cxrlab.config import load_config
+        from cxrlab.pipelines.dam import bce_vs_dam
+
+        bce = load_config(bce_config, overrides or [])
+        dam = load_config(dam_config, overrides or [])
+        run_a, run_b, frame = bce_vs_dam(bce, dam, split=split, progress=progress)
+        _print_comparison(frame, run_a, run_b, split)
 
     @app.command("demo")
     @user_errors

@@ -101,7 +101,7 @@ def _make_loss(cfg: ExperimentConfig, k: int, prepared: PreparedData) -> torch.n
     from cxrlab.losses import create_loss
 
     name = phase_value(cfg.train, cfg.train.phases[k], "loss")
-    options = dict(cfg.train.loss_options)
+    options = dict(phase_value(cfg.train, cfg.train.phases[k], "loss_options"))
     if name == "aucm":
         options.setdefault("num_classes", len(prepared.task_names))
         if options.get("imratio") is None:

@@ -1,0 +1,56 @@
+"""Recipes: YAML + overrides into frozen dataclasses, with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cxrlab.config import ExperimentConfig, config_from_dict, load_config, save_config
+from cxrlab.errors import ConfigError, MissingFileError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_follow_seed_001():
+    cfg = ExperimentConfig()
+    first, second = cfg.train.phases
+    assert first.freeze_body and first.epochs == 1 and first.lr == 5e-3
+    assert (second.epochs, second.lr_body, second.lr_head) == (5, 2.5e-5, 2.5e-3)
+    assert cfg.model.dropout == 0.6 and cfg.data.batch_size == 40
+
+
+def test_overrides_reach_nested_keys_and_list_items():
+    cfg = config_from_dict({}, ["model.arch=resnet50", "data.size=480", "seed=3",
+                                "train.phases.1.epochs=2", "data.tasks=[Edema]"])
+    assert cfg.model.arch == "resnet50" and cfg.data.size == 480 and cfg.seed == 3
+    assert cfg.train.phases[1].epochs == 2 and cfg.data.tasks == ("Edema",)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.archh=resnet50", "unknown key"),
+    ("data.size=big", "integer"),
+    ("train.phases.7.epochs=1", "no list item"),
+    ("seed", "key.path=value"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({}, [override])
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_recipe_loads_and_round_trips(path, tmp_path):
+    cfg = load_config(path)
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+def test_missing_recipe_is_named(tmp_path):
+    with pytest.raises(MissingFileError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_relative_data_paths_resolve_against_the_recipe(tmp_path):
+    (tmp_path / "r.yaml").write_text("data:\n  options: {csv: sub/train.csv, root: sub}\n")
+    cfg = load_config(tmp_path / "r.yaml")
+    assert cfg.data.options["csv"] == str((tmp_path / "sub" / "train.csv").resolve())
