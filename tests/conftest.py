@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -9,16 +10,20 @@ import pytest
 from cxrlab.config import config_from_dict
 
 
-def _xrv_data_dir() -> Path:
-    import torchxrayvision
+def _package_dir(name: str) -> Path:
+    """A package's folder without importing it (torchxrayvision imports torch: seconds)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        pytest.skip(f"{name} is not installed")
+    return Path(spec.origin).parent
 
-    return Path(torchxrayvision.__file__).parent / "data"
+
+def _xrv_data_dir() -> Path:
+    return _package_dir("torchxrayvision") / "data"
 
 
 def _pydicom_data_dir() -> Path:
-    import data_store
-
-    return Path(data_store.__file__).parent / "data"
+    return _package_dir("data_store") / "data"
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ def auroc_table(metrics: dict, split: str, title: str | None = None) -> Table:
     for column in ("task", "n", "positive", "AUROC", "95% CI", "sens@J", "spec@J"):
         table.add_column(column, justify="left" if column == "task" else "right")
     for task, report in block["tasks"].items():
-        youden = report.get("youden", {})
+        youden = report.get("at_youden", {})
         table.add_row(task, str(report.get("n", "")), str(report.get("n_positive", "")),
                       _fmt(report.get("auroc")),
                       f"{_fmt(report.get('auroc_ci_low'))}–{_fmt(report.get('auroc_ci_high'))}",
