@@ -32,7 +32,8 @@ class OptimSpec:
 
     Attributes:
         optimizer: One of :data:`OPTIMIZERS`.
-        lr_body: Maximum LR of the body (ignored when ``freeze_body``).
+        lr_body: Maximum LR of the body (with ``freeze_body``: of what stays trainable
+            in it, its BatchNorm layers).
         lr_head: Maximum LR of the head.
         freeze_body: Train the head only.
         betas: Adam betas.
@@ -114,10 +115,6 @@ class ClassifierModule(L.LightningModule):
         return batch["labels"].index_select(1, self.label_columns.to(batch["labels"].device))
 
     def on_train_epoch_start(self) -> None:
-        if self.optim.freeze_body:
-            # Lightning switches the whole model to train mode each epoch; a frozen body
-            # keeps its BatchNorm statistics (eval mode) as freeze_body defines.
-            self.model.freeze_body(True)
         if self.current_epoch in self.optim.decay_epochs:
             optimizer = self.optimizers().optimizer
             if hasattr(optimizer, "update_regularizer"):

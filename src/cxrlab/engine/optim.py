@@ -2,7 +2,8 @@
 
 Parameter groups: body and head (discriminative learning rates), each split into
 weights that get weight decay and norm/bias parameters that do not (fastai's default,
-which seed 001 used). A frozen body contributes no group.
+which seed 001 used). A frozen body contributes only what stays trainable (its
+BatchNorm layers, as fastai's ``freeze()`` leaves them).
 """
 
 from __future__ import annotations
@@ -29,9 +30,8 @@ def _split_decay(params: list[tuple[str, nn.Parameter]]) -> tuple[list, list]:
 def param_groups(model: nn.Module, spec: OptimSpec) -> list[dict[str, Any]]:
     """Body/head × decay/no-decay groups with their maximum learning rates."""
     groups: list[dict[str, Any]] = []
-    parts = [("head", list(model.head.named_parameters()), spec.lr_head)]
-    if not spec.freeze_body:
-        parts.insert(0, ("body", list(model.body.named_parameters()), spec.lr_body))
+    parts = [("body", list(model.body.named_parameters()), spec.lr_body),
+             ("head", list(model.head.named_parameters()), spec.lr_head)]
     for part, named, lr in parts:
         decay, no_decay = _split_decay(named)
         if decay:
