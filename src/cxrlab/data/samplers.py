@@ -1,0 +1,145 @@
+"""Samplers that fix the share of positives in each batch (for AUC-M and rare findings).
+
+Why not LibAUC's ``DualSampler``: it rejects NaN labels (cxrlab's "unknown"), seeds
+NumPy's global generator (``np.random.seed``) in its constructor and reshuffles with it,
+needs the batch size up front and handles one binary task at a time. The
+:class:`PositiveShareSampler` below keeps its idea (each block of ``batch_size`` indices
+holds a fixed number of positives; the smaller pool is cycled) but takes a dataset's
+``labels`` array as it is, skips unknown rows, draws from a ``torch.Generator`` and
+picks the class of a multi-label array by index.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from cxrlab.errors import ConfigError, LabelValueError
+
+
+class PositiveShareSampler(Sampler[int]):
+    """Yield dataset indices so that a set share of them are positives of one class.
+
+    Positives are rows whose label is 1, negatives rows whose label is 0; rows with NaN
+    (or any other value, such as -1 under the ``multiclass`` policy) are never drawn.
+    Each pool is walked in a fresh random order and restarted (reshuffled) when used up,
+    so the smaller pool repeats and every row of the larger one is seen once per epoch.
+
+    With ``batch_size`` every consecutive block of ``batch_size`` indices holds exactly
+    ``round(pos_share * batch_size)`` positives (at least 1, at most ``batch_size - 1``
+    for 0 < pos_share < 1) in random order; use it with a ``DataLoader`` of the same batch
+    size and ``shuffle=False``. Without it, the epoch as a whole holds
+    ``round(pos_share * num_samples)`` positives in random order.
+
+    Args:
+        labels: ``(N,)`` or ``(N, K)`` labels (1, 0, NaN), e.g. ``XrayDataset.labels``.
+        pos_share: Wanted share of positives, in [0, 1].
+        num_samples: Indices per epoch. Default: enough that each pool is used up once,
+            ``max(n_pos / pos_share, n_neg / (1 - pos_share))``, rounded up to whole batches.
+        generator: Random source; a fresh one seeded from torch's global RNG if None.
+        class_index: The class of a ``(N, K)`` array to balance (required when K > 1).
+        batch_size: Fix the count per batch (see above).
+
+    Raises:
+        ConfigError: Invalid share, size or class index.
+        LabelValueError: The chosen class has no positives (or no negatives) to draw.
+
+    Example:
+        >>> labels = np.array([1, 0, 0, 0, 0, 0, 0, np.nan])
+        >>> sampler = PositiveShareSampler(labels, pos_share=0.5, batch_size=4)
+        >>> len(sampler)
+        12
+    """
+
+    def __init__(self, labels: np.ndarray | Sequence[float] | torch.Tensor, pos_share: float = 0.5,
+                 num_samples: int | None = None, generator: torch.Generator | None = None,
+                 class_index: int | None = None, batch_size: int | None = None) -> None:
+        array = labels.detach().cpu().numpy() if torch.is_tensor(labels) else np.asarray(labels, dtype=float)
+        array = array.astype(float)
+        if array.ndim == 2:
+            if class_index is None and array.shape[1] != 1:
+                raise ConfigError("sampler.class_index", f"labels have {array.shape[1]} classes; "
+                                                         "name the class to balance")
+            index = 0 if class_index is None else class_index
+            if not 0 <= index < array.shape[1]:
+                raise ConfigError("sampler.class_index", f"{index} outside [0, {array.shape[1] - 1}]")
+            array = array[:, index]
+        elif array.ndim != 1:
+            raise ConfigError("sampler.labels", f"labels must be (N,) or (N, K), got shape {array.shape}")
+        if not 0.0 <= pos_share <= 1.0:
+            raise ConfigError("sampler.pos_share", f"must lie in [0, 1], got {pos_share}")
+        if batch_size is not None and batch_size < 1:
+            raise ConfigError("sampler.batch_size", f"must be >= 1, got {batch_size}")
+        self.positives = torch.as_tensor(np.flatnonzero(array == 1), dtype=torch.long)
+        self.negatives = torch.as_tensor(np.flatnonzero(array == 0), dtype=torch.long)
+        self.pos_share = float(pos_share)
+        self.batch_size = batch_size
+        self.generator = generator
+        if self.pos_share > 0 and len(self.positives) == 0:
+            raise LabelValueError("labels", "no positive rows to sample (label 1)")
+        if self.pos_share < 1 and len(self.negatives) == 0:
+            raise LabelValueError("labels", "no negative rows to sample (label 0)")
+        self.num_samples = self._default_length() if num_samples is None else int(num_samples)
+        if self.num_samples < 1:
+            raise ConfigError("sampler.num_samples", f"must be >= 1, got {num_samples}")
+
+    def positives_per_batch(self) -> int | None:
+        """Positives in each block of ``batch_size`` (None without ``batch_size``)."""
+        if self.batch_size is None:
+            return None
+        count = round(self.pos_share * self.batch_size)
+        if 0.0 < self.pos_share < 1.0 and self.batch_size > 1:
+            count = min(max(count, 1), self.batch_size - 1)
+        return count
+
+    def _default_length(self) -> int:
+        needs = []
+        if self.pos_share > 0:
+            needs.append(len(self.positives) / self.pos_share)
+        if self.pos_share < 1:
+            needs.append(len(self.negatives) / (1 - self.pos_share))
+        length = math.ceil(max(needs) - 1e-9)
+        if self.batch_size is not None:
+            length = math.ceil(length / self.batch_size) * self.batch_size
+        return max(length, 1)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        generator = self.generator
+        if generator is None:
+            generator = torch.Generator()
+            generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+        if self.batch_size is None:
+            n_pos = round(self.pos_share * self.num_samples)
+            layout = torch.zeros(self.num_samples, dtype=torch.bool)
+            layout[:n_pos] = True
+            layout = layout[torch.randperm(self.num_samples, generator=generator)]
+        else:
+            per_batch = self.positives_per_batch() or 0
+            blocks = []
+            for start in range(0, self.num_samples, self.batch_size):
+                size = min(self.batch_size, self.num_samples - start)
+                block = torch.zeros(size, dtype=torch.bool)
+                block[:min(per_batch, size)] = True
+                blocks.append(block[torch.randperm(size, generator=generator)])
+            layout = torch.cat(blocks)
+        pos_stream = _cycle(self.positives, int(layout.sum()), generator)
+        neg_stream = _cycle(self.negatives, int((~layout).sum()), generator)
+        order = torch.empty(self.num_samples, dtype=torch.long)
+        order[layout] = pos_stream
+        order[~layout] = neg_stream
+        return iter(order.tolist())
+
+
+def _cycle(pool: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` items of ``pool``: whole shuffled passes, then part of one more."""
+    if count == 0:
+        return pool[:0]
+    passes = [pool[torch.randperm(len(pool), generator=generator)] for _ in range(math.ceil(count / len(pool)))]
+    return torch.cat(passes)[:count]
