@@ -1,0 +1,196 @@
+"""ImageDataset: cached and uncached items agree, masks keep their geometry, augmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cxrlab.data.cache import build_cache
+from cxrlab.data.datasets.base import XrayDataset
+from cxrlab.data.torch import ImageDataset, default_train_augment
+from cxrlab.data.transforms import PreprocessConfig, preprocess, to_tensor
+from cxrlab.errors import CacheError, ConfigError, SkipLog
+
+CFG = PreprocessConfig(size=32)
+
+
+class BoxDataset(XrayDataset):
+    """Non-square PNGs with a bright box in the upper left quadrant and its mask."""
+
+    name = "boxes"
+
+    def __init__(self, root: Path, n: int = 5, corrupt: tuple[int, ...] = ()) -> None:
+        rng = np.random.default_rng(1)
+        root.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i in range(n):
+            h, w = (36, 60) if i % 2 else (60, 36)
+            img = np.clip(rng.normal(60, 10, (h, w)), 0, 255).astype(np.uint8)
+            mask = np.zeros((h, w), np.uint8)
+            mask[2: h // 3, 3: w // 3] = 255
+            img[mask > 0] = 230
+            cv2.imwrite(str(root / f"img{i}.png"), img)
+            if i in corrupt:
+                (root / f"img{i}.png").write_bytes(b"garbage")
+            cv2.imwrite(str(root / f"mask{i}.png"), mask)
+            rows.append({"path": str(root / f"img{i}.png"), "patient_id": f"p{i}",
+                         "study_id": f"s{i}", "view": "PA", "frontal": True,
+                         "mask_path": str(root / f"mask{i}.png") if i != 3 else ""})
+        raw = np.array([[1, np.nan, -1], [0, 1, np.nan]] * n, dtype=np.float32)[:n]
+        self._setup(pd.DataFrame(rows), raw, ["A", "B", "C"], None, SkipLog(), root)
+
+
+@pytest.fixture()
+def boxes(tmp_path: Path) -> BoxDataset:
+    return BoxDataset(tmp_path / "src")
+
+
+@pytest.fixture()
+def cache(boxes, tmp_path):
+    return build_cache(boxes, CFG, tmp_path / "cache", workers=1, progress=False)
+
+
+def assert_items_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, equal_nan=True)
+        else:
+            assert a[key] == b[key]
+
+
+@pytest.mark.parametrize("channels, normalization", [(1, "imagenet"), (3, "xrv"),
+                                                     (1, "unit")])
+def test_cached_items_equal_uncached(boxes, cache, channels, normalization):
+    plain = ImageDataset(boxes, CFG, channels=channels, normalization=normalization)
+    cached = ImageDataset(boxes, CFG, channels=channels, normalization=normalization,
+                          cache=cache)
+    assert len(plain) == len(cached) == 5
+    for i in range(5):
+        assert_items_equal(plain[i], cached[i])
+    item = cached[1]
+    assert item["image"].shape == (channels, 32, 32) and item["image"].dtype == torch.float32
+    expected = to_tensor(preprocess(boxes.image(1).pixels, CFG), channels=channels,
+                         normalization=normalization)
+    torch.testing.assert_close(item["image"], expected, rtol=0, atol=0)
+    assert item["index"] == 1
+    assert torch.isnan(item["labels"][2]) and item["labels"][1] == 1  # NaN kept
+
+
+def test_masks_keep_their_geometry(boxes, cache):
+    plain = ImageDataset(boxes, CFG, normalization="unit", with_masks=True)
+    cached = ImageDataset(boxes, CFG, normalization="unit", with_masks=True, cache=cache)
+    for i in range(5):
+        assert_items_equal(plain[i], cached[i])
+    for i in (0, 1):
+        item = cached[i]
+        mask, image = item["mask"], item["image"]
+        assert mask.shape == (1, 32, 32) and set(mask.unique().tolist()) == {0.0, 1.0}
+        assert item["mask_known"] is True
+        # the box is bright in the image exactly where the mask is
+        assert image[mask > 0].min() > 0.8 and image[mask == 0].mean() < 0.5
+        rows, cols = torch.nonzero(mask[0], as_tuple=True)
+        assert rows.max() < 16 and cols.max() < 16  # upper left, after padding to square
+    unknown = cached[3]
+    assert unknown["mask_known"] is False and not unknown["mask"].any()
+
+
+def test_indices_select_rows_and_skip_unreadable(tmp_path):
+    bad = BoxDataset(tmp_path / "src", corrupt=(2,))
+    cache = build_cache(bad, CFG, tmp_path / "cache", workers=1, progress=False,
+                        on_error="skip")
+    ds = ImageDataset(bad, CFG, cache=cache, indices=[4, 2, 0])
+    assert len(ds) == 2 and [ds[k]["index"] for k in range(2)] == [4, 0]
+    assert len(ImageDataset(bad, CFG, cache=cache)) == 4
+    with pytest.raises(ConfigError, match="out of range"):
+        ImageDataset(bad, CFG, indices=[5])
+
+
+def test_dataloader_batches(boxes, cache):
+    ds = ImageDataset(boxes, CFG, channels=3, cache=cache, with_masks=True)
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4, num_workers=0)))
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["labels"].shape == (4, 3)
+    assert batch["mask"].shape == (4, 1, 32, 32) and batch["index"].tolist() == [0, 1, 2, 3]
+
+
+def test_cache_must_match(boxes, cache, tmp_path):
+    with pytest.raises(CacheError, match="size"):
+        ImageDataset(boxes, PreprocessConfig(size=40), cache=cache)
+    with pytest.raises(CacheError, match="images"):
+        ImageDataset(boxes.subset([0, 1]), CFG, cache=cache)
+    opened = ImageDataset(boxes, CFG, cache=tmp_path / "cache")  # a folder is opened
+    assert opened.cache.size == 32
+
+
+def test_bad_arguments(tmp_path):
+    plain = _no_mask_dataset(tmp_path)
+    with pytest.raises(ConfigError, match="no mask source"):
+        ImageDataset(plain, CFG, with_masks=True)
+    with pytest.raises(ConfigError, match="channels"):
+        ImageDataset(plain, CFG, channels=2)
+
+
+def _no_mask_dataset(tmp_path: Path) -> XrayDataset:
+    data = BoxDataset(tmp_path / "src", n=2)
+    data.table = data.table.drop(columns=["mask_path"])
+    return data
+
+
+def test_augment_moves_image_and_mask_together(boxes, cache):
+    flip = A.Compose([A.HorizontalFlip(p=1.0)])
+    plain = ImageDataset(boxes, CFG, normalization="unit", with_masks=True, cache=cache)
+    flipped = ImageDataset(boxes, CFG, normalization="unit", with_masks=True, cache=cache,
+                           augment=flip)
+    a, b = plain[0], flipped[0]
+    torch.testing.assert_close(b["image"], a["image"].flip(-1), rtol=0, atol=0)
+    torch.testing.assert_close(b["mask"], a["mask"].flip(-1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["classification", "segmentation"])
+def test_default_train_augment(boxes, cache, kind):
+    augment = default_train_augment(kind, seed=3)
+    names = [type(t).__name__ for t in augment.transforms]
+    assert ("HorizontalFlip" in names) == (kind == "segmentation")
+    ds = ImageDataset(boxes, CFG, normalization="unit", with_masks=True, cache=cache,
+                      augment=augment)
+    plain = ImageDataset(boxes, CFG, normalization="unit", with_masks=True, cache=cache)
+    changed = 0
+    for i in (0, 1, 2):
+        item = ds[i]
+        assert item["image"].shape == (1, 32, 32) and torch.isfinite(item["image"]).all()
+        assert set(item["mask"].unique().tolist()) <= {0.0, 1.0}  # nearest: stays binary
+        changed += not torch.equal(item["image"], plain[i]["image"])
+        if item["mask"].sum() > 4:  # the box moved with its mask
+            assert item["image"][item["mask"] > 0].mean() > item["image"][item["mask"] == 0].mean()
+    assert changed >= 1
+    with pytest.raises(ConfigError, match="kind"):
+        default_train_augment("detection")
+
+
+class _SeedStamp:
+    """An augment that writes its current seed into the image (to see reseeding)."""
+
+    def __init__(self) -> None:
+        self.seed = 0
+
+    def set_random_seed(self, seed: int) -> None:
+        self.seed = seed
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> dict:
+        return {"image": np.full_like(image, self.seed % 251)}
+
+
+def test_each_loader_worker_reseeds_the_augment(boxes, cache):
+    ds = ImageDataset(boxes, CFG, normalization="unit", cache=cache, augment=_SeedStamp())
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=2,
+                                         generator=torch.Generator().manual_seed(0))
+    stamps = [round(float(batch["image"][0, 0, 0, 0]) * 255) for batch in loader]
+    # items alternate between the two workers; each stamps its own (different) seed
+    assert stamps[0] != stamps[1] and stamps[0] == stamps[2] and stamps[1] == stamps[3]
+    assert ds[0]["image"].max() == 0  # the main process keeps the augment's own state
