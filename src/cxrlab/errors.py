@@ -26,6 +26,10 @@ class InputError(CxrlabError, ValueError):
         self.problem = problem
         super().__init__(f"{self.source}: {problem}" if self.source else problem)
 
+    def __reduce__(self):
+        # Rebuild from (source, problem) so errors cross process boundaries (workers).
+        return (self.__class__, (self.source, self.problem))
+
 
 class ImageReadError(InputError):
     """An image file is missing, empty, truncated, corrupt or not an image."""

@@ -19,6 +19,8 @@ step that turns a cached uint8 image into a normalized float tensor.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -247,19 +249,28 @@ def to_tensor(img_uint8: np.ndarray, channels: int = 1,
         raise ConfigError("to_tensor", f"normalization must be one of {NORMALIZATIONS}, "
                                        f"got {normalization!r}")
     _check_uint8(img_uint8, "to_tensor")
-    unit = torch.from_numpy(np.ascontiguousarray(img_uint8)).to(torch.float32).div_(255.0)
-    tensor = unit.unsqueeze(0).expand(channels, -1, -1).clone()
+    # One 256-entry float32 table per channel, applied by indexing: no per-pixel float
+    # arithmetic, and no torch intra-op threads (which oversubscribe DataLoader workers).
+    table = _normalization_table(normalization, channels)
+    return torch.from_numpy(np.take(table, img_uint8, axis=1))
+
+
+@functools.lru_cache(maxsize=16)
+def _normalization_table(normalization: str, channels: int) -> np.ndarray:
+    """``table[c, v]``: the normalized value of gray level ``v`` in channel ``c``."""
+    unit = np.arange(256, dtype=np.float32) / np.float32(255.0)
     if normalization == "xrv":
-        return tensor.mul_(2.0).sub_(1.0).mul_(XRV_MAX)
+        values = (unit * np.float32(2.0) - np.float32(1.0)) * np.float32(XRV_MAX)
+        return np.repeat(values[None], channels, axis=0)
     if normalization == "imagenet":
         if channels == 3:
             mean, std = IMAGENET_MEAN, IMAGENET_STD
         else:
             mean, std = (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
-        mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-        return tensor.sub_(mean_t).div_(std_t)
-    return tensor
+        mean_a = np.asarray(mean, dtype=np.float32)[:, None]
+        std_a = np.asarray(std, dtype=np.float32)[:, None]
+        return ((unit[None] - mean_a) / std_a).astype(np.float32)
+    return np.repeat(unit[None], channels, axis=0)
 
 
 def _percentiles(value: Any) -> tuple[float, float]:
