@@ -10,6 +10,7 @@ from cxrlab import __version__
 from cxrlab.cli import data as data_cli
 from cxrlab.cli import metrics as metrics_cli
 from cxrlab.cli import model as model_cli
+from cxrlab.cli import serve as serve_cli
 from cxrlab.cli import train as train_cli
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ app.add_typer(data_cli.app, name="data")
 app.add_typer(metrics_cli.app, name="metrics")
 app.add_typer(model_cli.app, name="model")
 train_cli.register(app)
+serve_cli.register(app)
 
 
 def _version(value: bool) -> None:

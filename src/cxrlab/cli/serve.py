@@ -1,0 +1,58 @@
+"""``cxrlab serve``: the HTTP inference service under uvicorn."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from cxrlab.cli.errors import user_errors
+
+_err = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the top-level ``serve`` command to ``app``."""
+
+    @app.command("serve")
+    @user_errors
+    def serve_cmd(
+        classifier: Path = typer.Option(..., "--classifier", help="Classification run directory (or .pt checkpoint)."),
+        screening: Path = typer.Option(None, "--screening", help="Normal-screening run directory (seed 003)."),
+        pneumothorax: Path = typer.Option(None, "--pneumothorax", help="Pneumothorax run directory (seed 002)."),
+        host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+        port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on."),
+        db: Path = typer.Option(Path("cxrlab-serve.sqlite"), "--db",
+                                help="SQLite worklist (created if missing); PNGs go to DB.artifacts/."),
+        insecure_no_auth: bool = typer.Option(False, "--insecure-no-auth",
+                                              help="Serve without the bearer token (local use only)."),
+        max_upload_mb: float = typer.Option(64.0, "--max-upload-mb", min=0.001,
+                                            help="Largest accepted upload in MB (413 above)."),
+        workers: int = typer.Option(2, "--workers", min=1, help="Inference threads."),
+    ) -> None:
+        """Serve findings, screening decision, masks and heatmaps over HTTP, with a triage worklist.
+
+        Every endpoint but GET /healthz needs `Authorization: Bearer $CXRLAB_API_TOKEN`.
+        """
+        import uvicorn
+
+        from cxrlab.serve.settings import ServeSettings
+
+        settings = ServeSettings.from_env(
+            classifier=classifier, screening=screening, pneumothorax=pneumothorax, db=db,
+            insecure_no_auth=insecure_no_auth, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            inference_workers=workers).check()
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        logging.captureWarnings(True)
+
+        from cxrlab.serve.app import create_app
+        from cxrlab.serve.models import describe
+
+        app_ = create_app(settings)
+        logging.getLogger("cxrlab.serve").info("models loaded: %s", describe(app_.state.service.models))
+        if insecure_no_auth:
+            _err.print("[bold yellow]warning:[/] serving without authentication (--insecure-no-auth)")
+        uvicorn.run(app_, host=host, port=port, log_level="info", access_log=True, timeout_graceful_shutdown=10)
