@@ -40,11 +40,11 @@ def rg1_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def phantom_chexpert(tmp_path_factory) -> Path:
-    """A CheXpert-layout phantom set (240 images, 96 px); returns the folder above CheXpert-v1.0-small."""
+    """A CheXpert-layout phantom set (480 images, 128 px, as the demo); the folder above CheXpert-v1.0-small."""
     from cxrlab.data.synthetic_layouts import write_dataset
 
     out = tmp_path_factory.mktemp("phantoms") / "chexpert"
-    write_dataset("chexpert", out, n=240, size=96, seed=0)
+    write_dataset("chexpert", out, n=480, size=128, seed=0)
     return out
 
 
@@ -58,15 +58,15 @@ def _tiny_recipe(data_dir: Path, root: Path, **overrides) -> dict:
             "options": {"csv": str(data_dir / "CheXpert-v1.0-small" / "train.csv"), "root": str(data_dir)},
             "tasks": ["Cardiomegaly", "Pleural Effusion"],
             "frontal_only": True,
-            "split": {"train": 0.6, "valid": 0.2, "test": 0.2},
+            "split": {"train": 0.7, "valid": 0.15, "test": 0.15},
             "size": 48,
             "channels": 1,
             "normalization": "unit",
             "augment": False,
-            "batch_size": 16,
+            "batch_size": 32,
             "num_workers": 0,
         },
-        "model": {"arch": "resnet10t", "head": "concat", "dropout": 0.1, "pretrained": None},
+        "model": {"arch": "test_resnet", "head": "concat", "dropout": 0.1, "pretrained": None},
         "train": {
             "phases": [{"epochs": 1, "freeze_body": True, "lr": 3e-3}, {"epochs": 2, "lr_body": 2e-3, "lr_head": 3e-3}],
             "optimizer": "adamw",
@@ -74,6 +74,7 @@ def _tiny_recipe(data_dir: Path, root: Path, **overrides) -> dict:
             "accelerator": "cpu",
             "devices": 1,
             "deterministic": True,
+            "limit_train_batches": 4,
         },
         "output": {"root": str(root), "mlflow": False},
     }

@@ -202,7 +202,7 @@ class OutputConfig:
 
     Attributes:
         root: Run root; each run gets ``root/<name>``.
-        mlflow: Log to MLflow (``MLFLOW_TRACKING_URI`` or ``root/mlruns``).
+        mlflow: Log to MLflow (``MLFLOW_TRACKING_URI`` or ``sqlite:///<root>/mlflow.db``).
         experiment: MLflow experiment name.
     """
 

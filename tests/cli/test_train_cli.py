@@ -34,9 +34,10 @@ def test_train_evaluate_predict_compare(tmp_path, tiny_recipe, rg1_dir, monkeypa
     # MLflow holds the run with its per-task metrics.
     import mlflow
 
-    mlflow.set_tracking_uri((tmp_path / "runs" / "mlruns").as_uri())
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["cxrlab"])
     assert len(runs) == 1 and "metrics.test_mean_auroc" in runs.columns
+    assert (tmp_path / "runs" / "mlartifacts").is_dir()
 
     result = runner.invoke(app, ["evaluate", str(run_dir), "--split", "test", "--json"])
     assert result.exit_code == 0, result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -19,21 +20,27 @@ def _weights(path):
 
 
 def test_training_reaches_high_auroc_on_an_easy_finding(make_recipe):
+    # The five CheXpert competition tasks learnt jointly; edema (bilateral perihilar haze)
+    # is the easy finding on phantoms.
     cfg = make_recipe(**{
         "name": "easy",
-        "data.tasks": ["Cardiomegaly"],
+        "data.tasks": ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"],
         "data.size": 64,
-        "train.phases": [{"epochs": 6, "lr": 3e-3}],
+        "train.phases": [{"epochs": 10, "lr": 3e-3}],
+        "train.limit_train_batches": None,
     })
+    started = time.perf_counter()
     run_dir = train(cfg, progress=False)
+    seconds = time.perf_counter() - started
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["valid"]["tasks"]["Cardiomegaly"]["auroc"] >= 0.9
+    assert metrics["test"]["tasks"]["Edema"]["auroc"] >= 0.9, metrics["test"]["tasks"]["Edema"]
+    print(f"easy-finding run: {seconds:.0f} s, test AUROC {metrics['test']['mean_auroc']:.3f}")
     for name in ("config.yaml", "split.json", "history.csv", "best.json", "best_auroc.pt",
                  "best_loss.pt", "predictions_valid.csv", "predictions_test.csv", "train.log"):
         assert (run_dir / name).is_file(), name
     assert (run_dir / "curves_test" / "roc.png").is_file()
     history = pd.read_csv(run_dir / "history.csv")
-    assert len(history) == 6 and history["val_auroc"].notna().all()
+    assert len(history) == 10 and history["val_auroc"].notna().all()
     split = json.loads((run_dir / "split.json").read_text())
     parts = [set(split[s]["patients"]) for s in ("train", "valid", "test")]
     assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
@@ -85,7 +92,8 @@ def test_dam_fine_tuning_runs_end_to_end_and_compares(make_recipe):
     row = table.iloc[0]
     assert row["delta_auroc"] == pytest.approx(row["auroc_b"] - row["auroc_a"])
     assert 0.0 <= row["p_value"] <= 1.0
-    assert row["n"] == len(pd.read_csv(bce / "predictions_test.csv"))
+    labelled = pd.read_csv(bce / "predictions_test.csv")["label_Pleural Effusion"].notna().sum()
+    assert row["n"] == labelled
 
 
 def test_evaluate_and_predict_real_dicom(make_recipe, rg1_dir):

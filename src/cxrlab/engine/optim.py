@@ -73,12 +73,14 @@ def build_optimizer(model: nn.Module, loss_fn: nn.Module, spec: OptimSpec) -> di
     else:
         optimizer = torch.optim.SGD(groups, momentum=spec.momentum, nesterov=False)
     total = max(int(spec.total_steps), 1)
-    if spec.schedule == "onecycle":
+    if spec.schedule == "onecycle" and total >= 4:
+        # Short smoke runs: keep at least two warm-up steps so the phases are non-empty.
+        pct_start = min(max(spec.pct_start, 2.0 / total), 0.5)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=[g["lr"] for g in groups],
             total_steps=total,
-            pct_start=spec.pct_start,
+            pct_start=pct_start,
             anneal_strategy="cos",
             cycle_momentum=True,
             base_momentum=0.85,
@@ -86,15 +88,10 @@ def build_optimizer(model: nn.Module, loss_fn: nn.Module, spec: OptimSpec) -> di
             div_factor=25.0,
             final_div_factor=1e4,
         )
-    elif spec.schedule == "cosine":
+    elif spec.schedule == "cosine" or spec.schedule == "onecycle":
+        # (one-cycle over fewer than 4 steps degenerates to a cosine decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-
-def steps_per_epoch(n_batches: int, accumulate: int, limit: int | None) -> int:
-    """Optimizer steps in one epoch of ``n_batches`` micro-batches."""
-    if limit is not None:
-        n_batches = min(n_batches, int(limit))
-    return max(math.ceil(n_batches / max(accumulate, 1)), 1)

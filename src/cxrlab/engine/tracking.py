@@ -1,12 +1,14 @@
 """MLflow logging of finished runs.
 
-The tracking store is ``MLFLOW_TRACKING_URI`` when set, otherwise a local file store
-under the run root (``<output.root>/mlruns``), so ``mlflow ui --backend-store-uri
-<output.root>/mlruns`` lists every run.
+The tracking store is ``MLFLOW_TRACKING_URI`` when set, otherwise a local SQLite store
+under the run root (``<output.root>/mlflow.db``, artifacts in ``<output.root>/mlartifacts``;
+MLflow 3 no longer accepts new runs in a plain file store), so
+``mlflow ui --backend-store-uri sqlite:///<output.root>/mlflow.db`` lists every run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -22,7 +24,46 @@ def tracking_uri(root: str | Path) -> str:
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
-    return (Path(root).resolve() / "mlruns").as_uri()
+    return f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+
+
+def _experiment(name: str, root: str | Path, local_store: bool) -> str:
+    """Id of the experiment ``name``; in the local store its artifacts go under the run root."""
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = (Path(root).resolve() / "mlartifacts").as_uri() if local_store else None
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+@contextlib.contextmanager
+def mlflow_run(root: str | Path, experiment: str, run_name: str, tags: dict[str, str] | None = None):
+    """Start an MLflow run in the run root's store (or ``MLFLOW_TRACKING_URI``'s).
+
+    MLflow 3 exports the URI given to ``set_tracking_uri`` into the environment; this
+    restores the environment afterwards, so the next run (in the same process) still
+    knows whether the user chose a tracking server.
+
+    Yields:
+        The active ``mlflow.ActiveRun``.
+    """
+    import mlflow
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        mlflow.set_tracking_uri(tracking_uri(root))
+        experiment_id = _experiment(experiment, root, local_store=not previous)
+        with mlflow.start_run(run_name=run_name, experiment_id=experiment_id) as active:
+            if tags:
+                mlflow.set_tags(tags)
+            yield active
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -48,13 +89,11 @@ def log_run(run_dir: Path, cfg: ExperimentConfig, metrics: dict[str, Any]) -> st
     import mlflow
 
     run_dir = Path(run_dir)
-    mlflow.set_tracking_uri(tracking_uri(cfg.output.root))
-    mlflow.set_experiment(cfg.output.experiment)
     params: dict[str, Any] = {}
     _flatten("", cfg.to_dict(), params)
-    with mlflow.start_run(run_name=cfg.name) as active:
+    tags = {"cxrlab.run_dir": str(run_dir.resolve()), "cxrlab.kind": "classification"}
+    with mlflow_run(cfg.output.root, cfg.output.experiment, cfg.name, tags) as active:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        mlflow.set_tags({"cxrlab.run_dir": str(run_dir.resolve()), "cxrlab.kind": "classification"})
         history = run_dir / "history.csv"
         if history.is_file():
             with history.open(newline="") as fh:
