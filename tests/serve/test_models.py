@@ -21,6 +21,11 @@ from PIL import Image
 from cxrlab.serve.app import StudyResult, create_app
 from cxrlab.serve.models import ModelSet, PneumothoraxAdapter, ScreeningAdapter
 
+# The adapters wrap the pneumothorax (issue 5) and screening (issue 6) pipelines; until
+# those land in a checkout, there is nothing to compare against.
+pytest.importorskip("cxrlab.pipelines.pneumothorax_cv", reason="the pneumothorax pipeline is not in this checkout")
+pytest.importorskip("cxrlab.pipelines.screening_report", reason="the screening pipeline is not in this checkout")
+
 DISEASES = ["Pneumothorax", "Cardiomegaly"]
 
 
