@@ -78,17 +78,20 @@ def test_scores_on_hand_made_maps():
 def test_confidence_intervals():
     low, high = wilson_ci(8, 10)
     assert (low, high) == pytest.approx((0.4902, 0.9433), abs=1e-4)   # textbook Wilson 95% interval
-    assert wilson_ci(0, 5)[0] == 0.0 and np.isnan(wilson_ci(0, 0)[0])
+    assert wilson_ci(0, 24) == pytest.approx((0.0, 0.1380), abs=1e-4) and wilson_ci(0, 24)[0] == 0.0
+    assert wilson_ci(5, 5)[1] == 1.0 and np.isnan(wilson_ci(0, 0)[0])
     values = np.random.default_rng(0).normal(0.4, 0.1, size=200)
     low, high = bootstrap_mean_ci(values, n_boot=500, rng=np.random.default_rng(1))
     assert low < values.mean() < high and high - low == pytest.approx(2 * 1.96 * 0.1 / np.sqrt(200), rel=0.25)
     per_image = pd.DataFrame({"target": ["A"] * 4 + ["B"] * 2, "label": ["A"] * 4 + ["B"] * 2,
                               "pointing_hit": [True, True, False, True, False, False],
-                              "iou": [0.5, 0.3, 0.1, 0.4, 0.0, 0.2], "energy_in_box": [0.6, 0.5, 0.2, 0.7, np.nan, 0.3],
+                              "iou": [0.5, 0.3, 0.1, 0.4, 0.0, 0.2],
+                              "energy_in_box": [0.6, 0.5, 0.2, 0.7, np.nan, 0.3],
                               "box_fraction": [0.1] * 6, "probability": [0.9] * 6})
     summary = summarize(per_image, n_boot=200).set_index("class")
     assert summary.loc["A", "n"] == 4 and summary.loc["A", "pointing_hit_rate"] == 0.75
-    assert summary.loc["A", "iou_mean"] == pytest.approx(0.325) and summary.loc["B", "energy_in_box_mean"] == pytest.approx(0.3)
+    assert summary.loc["A", "iou_mean"] == pytest.approx(0.325)
+    assert summary.loc["B", "energy_in_box_mean"] == pytest.approx(0.3)
     assert summary["n_empty_maps"].tolist() == [0, 1]
     assert summary.loc["A", "pointing_ci_low"] < 0.75 < summary.loc["A", "pointing_ci_high"]
 
@@ -101,7 +104,8 @@ def test_boxes_follow_padding_and_resizing():
     assert (x0, y0, x1, y1) == pytest.approx((10.0, 15.0, 15.0, 22.5))
     image = np.random.default_rng(0).random((100, 200)).astype(np.float32)
     _, mask = preprocess(image, PreprocessConfig(size=50), mask=boxes_mask((100, 200), [40], [10], [60], [40]))
-    assert np.array_equal(np.argwhere(mask).min(0), [15, 10]) and np.array_equal(np.argwhere(mask).max(0), [22, 14])
+    rows, cols = np.nonzero(mask)
+    assert (rows.min(), cols.min(), rows.max(), cols.max()) == (15, 10, 22, 14)
     nih = boxes.assign(frame="nih1024", x=512.0, y=0.0, w=512.0, h=512.0)
     assert boxes_in_model_frame(nih, (256, 256), 128) == [pytest.approx((64.0, 0.0, 128.0, 64.0))]
 

@@ -9,9 +9,11 @@ import typer
 
 from cxrlab import __version__
 from cxrlab.cli import data as data_cli
+from cxrlab.cli import explain as explain_cli
 from cxrlab.cli import metrics as metrics_cli
 from cxrlab.cli import model as model_cli
 from cxrlab.cli import serve as serve_cli
+from cxrlab.cli import study as study_cli
 from cxrlab.cli import train as train_cli
 
 app = typer.Typer(
@@ -23,6 +25,8 @@ app = typer.Typer(
 app.add_typer(data_cli.app, name="data")
 app.add_typer(metrics_cli.app, name="metrics")
 app.add_typer(model_cli.app, name="model")
+app.add_typer(study_cli.app, name="study")
+app.add_typer(explain_cli.app, name="explain")
 train_cli.register(app)
 serve_cli.register(app)
 

@@ -70,7 +70,8 @@ def read_boxes(path: str | Path) -> pd.DataFrame:
                                    f"columns {needed}; found {list(head.columns)}")
     boxes = pd.read_csv(path, dtype={"image": str, "label": str})[needed]
     coords = boxes[["x", "y", "w", "h"]].apply(pd.to_numeric, errors="coerce")
-    bad = ~np.isfinite(coords.to_numpy(float)).all(axis=1) | (coords["w"] <= 0).to_numpy() | (coords["h"] <= 0).to_numpy()
+    values = coords.to_numpy(float)
+    bad = ~np.isfinite(values).all(axis=1) | (values[:, 2] <= 0) | (values[:, 3] <= 0)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise CSVFormatError(f"{path}:{row + 2}", "box is not four numbers with positive width and height")
@@ -194,7 +195,9 @@ def wilson_ci(hits: int, n: int, alpha: float = 0.95) -> tuple[float, float]:
     p = hits / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    low = 0.0 if hits == 0 else max(0.0, centre - half)     # exact ends (no rounding residue)
+    high = 1.0 if hits == n else min(1.0, centre + half)
+    return float(low), float(high)
 
 
 def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 1000, alpha: float = 0.95,
@@ -222,7 +225,8 @@ def summarize(per_image: pd.DataFrame, alpha: float = 0.95, n_boot: int = 1000, 
         row["pointing_ci_low"], row["pointing_ci_high"] = wilson_ci(hits, n, alpha)
         for name in ("iou", "energy_in_box"):
             row[f"{name}_mean"] = float(group[name].mean())
-            row[f"{name}_ci_low"], row[f"{name}_ci_high"] = bootstrap_mean_ci(group[name].to_numpy(), n_boot, alpha, rng)
+            low_high = bootstrap_mean_ci(group[name].to_numpy(), n_boot, alpha, rng)
+            row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low_high
         row["n_empty_maps"] = int(group["energy_in_box"].isna().sum())
         row["box_fraction_mean"] = float(group["box_fraction"].mean())
         row["probability_mean"] = float(group["probability"].mean())
@@ -302,7 +306,8 @@ def localize(checkpoint: str | Path, boxes_path: str | Path, images_dir: str | P
     rows = []
     for image, per_image in boxes.groupby("image", sort=True):
         if image not in found:
-            skips.handle(MissingFileError(Path(images_dir) / image, "boxed image not found under the image folder"))
+            skips.handle(MissingFileError(Path(images_dir) / image, "boxed image not found under the image "
+                                                                    "folder"))
             continue
         for target, group in per_image.groupby("target", sort=True):
             try:
@@ -315,7 +320,8 @@ def localize(checkpoint: str | Path, boxes_path: str | Path, images_dir: str | P
                 continue
             stem = f"{Path(image).stem}__{target.replace(' ', '_')}"
             if result.overlay_png:
-                atomic_write(out / "overlays" / f"{stem}.png", lambda tmp, d=result.overlay_png: tmp.write_bytes(d))
+                atomic_write(out / "overlays" / f"{stem}.png",
+                             lambda tmp, data=result.overlay_png: tmp.write_bytes(data))
             rows.append({"image": image, "label": group["label"].iloc[0], "target": target,
                          "n_boxes": len(group), "probability": result.probability,
                          "feature_h": result.feature_size[0], "feature_w": result.feature_size[1], **scores})
