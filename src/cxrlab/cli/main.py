@@ -12,6 +12,7 @@ from cxrlab.cli import data as data_cli
 from cxrlab.cli import explain as explain_cli
 from cxrlab.cli import metrics as metrics_cli
 from cxrlab.cli import model as model_cli
+from cxrlab.cli import screen as screen_cli
 from cxrlab.cli import serve as serve_cli
 from cxrlab.cli import study as study_cli
 from cxrlab.cli import train as train_cli
@@ -29,6 +30,7 @@ app.add_typer(study_cli.app, name="study")
 app.add_typer(explain_cli.app, name="explain")
 train_cli.register(app)
 serve_cli.register(app)
+screen_cli.register(app)
 
 
 def _version(value: bool) -> None:

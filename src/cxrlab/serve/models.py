@@ -242,7 +242,8 @@ class ScreeningAdapter:
     """
 
     def __init__(self, run_dir: str | Path, variant: str | None = None, top: int = 3) -> None:
-        from cxrlab.pipelines.screening import load_screening_config, load_second_classifier, load_variant, slug
+        from cxrlab.pipelines.screening import load_screening_config, load_variant, slug
+        from cxrlab.pipelines.screening_report import load_second_classifier
 
         run_dir = Path(run_dir)
         self.cfg = load_screening_config(run_dir / "config.yaml")
@@ -272,7 +273,7 @@ class ScreeningAdapter:
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> dict[str, Any]:
         """Decision, abnormal probability, threshold, SVM score, likely diseases, risk group."""
-        from cxrlab.pipelines.screening import abnormal_probability
+        from cxrlab.pipelines.screening_report import abnormal_probability
 
         k = self.cfg.model.num_classes
         logits = np.concatenate([net(x[None], reconstruct=False)[0].reshape(1, -1, k).numpy()
