@@ -451,15 +451,13 @@ def log_to_mlflow(cfg: ScreeningConfig, run_dir: Path, report: dict[str, Any]) -
     """Log parameters, headline metrics and the report files of a run to MLflow."""
     import mlflow
 
-    from cxrlab.engine.tracking import _flatten, tracking_uri
+    from cxrlab.engine.tracking import _flatten, mlflow_run
 
-    mlflow.set_tracking_uri(tracking_uri(cfg.output.root))
-    mlflow.set_experiment(cfg.output.experiment)
     params: dict[str, Any] = {}
     _flatten("", cfg.to_dict(), params)
-    with mlflow.start_run(run_name=cfg.name) as active:
+    with mlflow_run(cfg.output.root, cfg.output.experiment, cfg.name,
+                    tags={"cxrlab.run_dir": str(run_dir.resolve()), "cxrlab.kind": "screening"}) as active:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        mlflow.set_tags({"cxrlab.run_dir": str(run_dir.resolve()), "cxrlab.kind": "screening"})
         for variant, summary in report["variants"].items():
             for key in ("sensitivity", "specificity", "auroc", "unseen_predicted_normal_rate"):
                 value = summary.get(key)
