@@ -11,8 +11,10 @@ from cxrlab import __version__
 from cxrlab.cli import data as data_cli
 from cxrlab.cli import explain as explain_cli
 from cxrlab.cli import metrics as metrics_cli
+from cxrlab.cli import metrics_segmentation as metrics_segmentation_cli
 from cxrlab.cli import model as model_cli
 from cxrlab.cli import screen as screen_cli
+from cxrlab.cli import seg as seg_cli
 from cxrlab.cli import serve as serve_cli
 from cxrlab.cli import study as study_cli
 from cxrlab.cli import train as train_cli
@@ -31,6 +33,8 @@ app.add_typer(explain_cli.app, name="explain")
 train_cli.register(app)
 serve_cli.register(app)
 screen_cli.register(app)
+app.add_typer(seg_cli.app, name="seg")
+metrics_segmentation_cli.register_segmentation_metrics(metrics_cli.app)
 
 
 def _version(value: bool) -> None:

@@ -176,12 +176,17 @@ class PneumothoraxAdapter:
 
     def __init__(self, run_dir: str | Path) -> None:
         from cxrlab.models.segmentation import load_segmentation_checkpoint
+        from cxrlab.pipelines.pneumothorax import gate_checkpoint
         from cxrlab.pipelines.pneumothorax_cv import choose_postprocess
 
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise MissingFileError(run_dir, "pneumothorax run directory not found")
-        self.model_name = "cascade" if (run_dir / "gate" / "best_auroc.pt").is_file() else "baseline"
+        try:
+            gate_path = gate_checkpoint(run_dir)     # the checkpoint `seg predict` uses
+        except MissingFileError:
+            gate_path = None
+        self.model_name = "cascade" if gate_path is not None and gate_path.is_file() else "baseline"
         try:
             self.row, self.post = choose_postprocess(run_dir, self.model_name)
         except ConfigError:
@@ -192,7 +197,7 @@ class PneumothoraxAdapter:
         unet_path = run_dir / ("baseline" if self.model_name == "baseline" else "one_case") / "best.pt"
         self.unet, self.meta = load_segmentation_checkpoint(unet_path)
         self.unet.eval()
-        self.gate = (ClassifierAdapter(run_dir / "gate", kind="pneumothorax-gate")
+        self.gate = (ClassifierAdapter(gate_path, kind="pneumothorax-gate")
                      if self.model_name == "cascade" else None)
         if self.gate is not None and "Pneumothorax" not in self.gate.labels:
             raise ConfigError(run_dir / "gate", f"the gate predicts {self.gate.labels}, not Pneumothorax")
