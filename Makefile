@@ -20,8 +20,13 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/cxrlab demo --out runs/demo
+	@echo
+	@echo "Open the dashboard on the demo's runs:  $(VENV)/bin/cxrlab dashboard --runs runs/demo"
 
+# The dashboard's browser test needs Debian's chromium + chromium-driver; the script installs
+# them when missing and possible, and otherwise says why the test will be skipped.
 test: $(STAMP)
+	bash scripts/ensure_chromium.sh
 	$(PY) -m pytest
 
 clean:

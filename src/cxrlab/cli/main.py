@@ -8,6 +8,7 @@ import warnings
 import typer
 
 from cxrlab import __version__
+from cxrlab.cli import dashboard as dashboard_cli
 from cxrlab.cli import data as data_cli
 from cxrlab.cli import explain as explain_cli
 from cxrlab.cli import metrics as metrics_cli
@@ -35,6 +36,7 @@ serve_cli.register(app)
 screen_cli.register(app)
 app.add_typer(seg_cli.app, name="seg")
 metrics_segmentation_cli.register_segmentation_metrics(metrics_cli.app)
+dashboard_cli.register(app)
 
 
 def _version(value: bool) -> None:
