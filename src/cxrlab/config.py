@@ -15,14 +15,16 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, TypeVar, get_type_hints
 
 import yaml
 
 from cxrlab.errors import ConfigError
+
+T = TypeVar("T")
 
 CHEXPERT_COMPETITION_TASKS = (
     "Atelectasis",
@@ -362,18 +364,20 @@ def config_from_dict(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> E
     return _build(ExperimentConfig, data, "")
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Read a YAML recipe, resolve relative data paths against its folder, apply overrides.
+def read_recipe(path: str | Path, build: Callable[[dict[str, Any]], T], what: str = "recipe file") -> T:
+    """Read a YAML mapping from ``path`` and ``build`` a recipe from it, naming the file in errors.
+
+    Every recipe kind (training, study, pneumothorax, screening) loads through this.
 
     Raises:
-        MissingFileError: The recipe does not exist.
-        ConfigError: Unknown keys, wrong types, or bad YAML.
+        MissingFileError: ``path`` does not exist ("<what> not found").
+        ConfigError: Bad YAML, not a mapping, or whatever ``build`` rejects (prefixed by the file).
     """
     from cxrlab.errors import MissingFileError
 
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(path, "recipe file not found")
+        raise MissingFileError(path, f"{what} not found")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -381,10 +385,20 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     if not isinstance(raw, dict):
         raise ConfigError(path, "a recipe must be a YAML mapping")
     try:
-        cfg = config_from_dict(raw, overrides)
+        return build(raw)
     except ConfigError as err:
         raise ConfigError(path, f"{err.source}: {err.problem}" if err.source else err.problem) from err
-    return resolve_paths(cfg, path.parent)
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read a YAML recipe, resolve relative data paths against its folder, apply overrides.
+
+    Raises:
+        MissingFileError: The recipe does not exist.
+        ConfigError: Unknown keys, wrong types, or bad YAML.
+    """
+    cfg = read_recipe(path, lambda raw: config_from_dict(raw, overrides))
+    return resolve_paths(cfg, Path(path).parent)
 
 
 _PATH_KEYS = ("csv", "root", "metadata_csv", "chexpert_csv", "split_csv", "data_entry_csv",

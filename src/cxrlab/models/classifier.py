@@ -106,7 +106,56 @@ def linear_head(num_features: int, num_classes: int, dropout: float = 0.0) -> nn
     return nn.Sequential(*layers)
 
 
-class Classifier(nn.Module):
+class BodyHeadModule(nn.Module):
+    """A model split into ``body`` and ``head`` (the classifier, the U-Net): the parameter groups
+    for discriminative learning rates and the body freezing of seed 001 / seed 002.
+
+    Subclasses provide ``body`` and ``head`` modules (attributes or properties).
+    """
+
+    _body_frozen = False
+    _train_bn = True
+
+    @property
+    def body_frozen(self) -> bool:
+        return self._body_frozen
+
+    def body_parameters(self) -> Iterator[nn.Parameter]:
+        """The body's parameters (all of them, frozen or not), for discriminative LRs."""
+        return self.body.parameters()
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        """The head's parameters."""
+        return self.head.parameters()
+
+    def freeze_body(self, frozen: bool = True, train_bn: bool = True) -> None:
+        """Freeze (or unfreeze) the body; the head always stays trainable.
+
+        Args:
+            frozen: True sets ``requires_grad=False`` on the body's parameters; False makes
+                every body parameter trainable again.
+            train_bn: While frozen, keep the body's BatchNorm layers trainable and in the
+                model's mode (fastai's default, seed 001). False freezes them too and keeps
+                them in eval mode. See :class:`Classifier`.
+        """
+        self._body_frozen = frozen
+        self._train_bn = train_bn
+        for module in self.body.modules():
+            trainable = (not frozen) or (train_bn and isinstance(module, _BatchNorm))
+            for param in module.parameters(recurse=False):
+                param.requires_grad_(trainable)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> BodyHeadModule:
+        super().train(mode)
+        if mode and self._body_frozen and not self._train_bn:
+            for module in self.body.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
+
+class Classifier(BodyHeadModule):
     """A timm body and a classification head; ``forward`` returns logits ``[B, K]``.
 
     Build it with :func:`create_classifier`.
@@ -140,8 +189,6 @@ class Classifier(nn.Module):
         self.in_chans = in_chans
         self.head_type = head_type
         self.dropout = dropout
-        self._body_frozen = False
-        self._train_bn = True
 
     @property
     def config(self) -> dict[str, Any]:
@@ -149,48 +196,9 @@ class Classifier(nn.Module):
         return {"arch": self.arch, "num_classes": self.num_classes, "in_chans": self.in_chans,
                 "head": self.head_type, "dropout": self.dropout}
 
-    @property
-    def body_frozen(self) -> bool:
-        return self._body_frozen
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, K]`` for images ``[B, in_chans, H, W]`` (any H, W the body accepts)."""
         return self.head(_as_nchw(self.body(x), getattr(self.body, "output_fmt", "NCHW")))
-
-    def body_parameters(self) -> Iterator[nn.Parameter]:
-        """The body's parameters (all of them, frozen or not), for discriminative LRs."""
-        return self.body.parameters()
-
-    def head_parameters(self) -> Iterator[nn.Parameter]:
-        """The head's parameters."""
-        return self.head.parameters()
-
-    def freeze_body(self, frozen: bool = True, train_bn: bool = True) -> None:
-        """Freeze (or unfreeze) the body; the head always stays trainable.
-
-        Args:
-            frozen: True sets ``requires_grad=False`` on the body's parameters; False makes
-                every body parameter trainable again.
-            train_bn: While frozen, keep the body's BatchNorm layers trainable and in the
-                model's mode (fastai's default, seed 001). False freezes them too and keeps
-                them in eval mode. See the class docstring.
-        """
-        self._body_frozen = frozen
-        self._train_bn = train_bn
-        for module in self.body.modules():
-            trainable = (not frozen) or (train_bn and isinstance(module, _BatchNorm))
-            for param in module.parameters(recurse=False):
-                param.requires_grad_(trainable)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> Classifier:
-        super().train(mode)
-        if mode and self._body_frozen and not self._train_bn:
-            for module in self.body.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
-        return self
-
 
 def _as_nchw(features: torch.Tensor, output_fmt: str) -> torch.Tensor:
     """Feature maps as ``(B, C, H, W)``: NHWC bodies are permuted, token outputs ``(B, N, C)``

@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from cxrlab.errors import ConfigError, InputError, MissingFileError, WeightsUnavailableError
+from cxrlab.models.classifier import BodyHeadModule
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ DEFAULT_DECODER_CHANNELS: tuple[int, ...] = (256, 128, 64, 32, 16)
 IMAGENET = "imagenet"
 
 
-class SegmentationModel(nn.Module):
+class SegmentationModel(BodyHeadModule):
     """An smp U-Net with the encoder/decoder split the training engine needs.
 
     ``body`` is the encoder and ``head`` the decoder plus segmentation head, the names
@@ -66,8 +66,6 @@ class SegmentationModel(nn.Module):
         self.classes = classes
         self.decoder_channels = tuple(decoder_channels)
         self.encoder_depth = encoder_depth
-        self._body_frozen = False
-        self._train_bn = True
 
     @property
     def config(self) -> dict[str, Any]:
@@ -85,38 +83,9 @@ class SegmentationModel(nn.Module):
         """Decoder and segmentation head (a view; not registered twice)."""
         return nn.ModuleList([self.unet.decoder, self.unet.segmentation_head])
 
-    @property
-    def body_frozen(self) -> bool:
-        return self._body_frozen
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, classes, H, W)``; H and W must be multiples of ``2 ** encoder_depth``."""
         return self.unet(x)
-
-    def body_parameters(self) -> Iterator[nn.Parameter]:
-        return self.body.parameters()
-
-    def head_parameters(self) -> Iterator[nn.Parameter]:
-        return self.head.parameters()
-
-    def freeze_body(self, frozen: bool = True, train_bn: bool = True) -> None:
-        """Freeze (or unfreeze) the encoder, with the BatchNorm semantics of
-        :meth:`cxrlab.models.classifier.Classifier.freeze_body` (fastai's ``freeze()``)."""
-        self._body_frozen = frozen
-        self._train_bn = train_bn
-        for module in self.body.modules():
-            trainable = (not frozen) or (train_bn and isinstance(module, _BatchNorm))
-            for param in module.parameters(recurse=False):
-                param.requires_grad_(trainable)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> SegmentationModel:
-        super().train(mode)
-        if mode and self._body_frozen and not self._train_bn:
-            for module in self.body.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
-        return self
 
 
 def foreground_logits(output: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ import torch
 import yaml
 
 from cxrlab.config import (DataConfig, ModelConfig, OutputConfig, TrainConfig, _build, apply_overrides,
-                           config_from_dict, resolve_paths)
+                           config_from_dict, read_recipe, resolve_paths)
 from cxrlab.errors import ConfigError, MissingFileError
 from cxrlab.pipelines.postprocess import SearchGrids
 from cxrlab.utils import atomic_write_json, atomic_write_text
@@ -210,20 +210,8 @@ def load_pneumothorax_config(path: str | Path, overrides: Sequence[str] = ()) ->
         MissingFileError: No such recipe.
         ConfigError: Bad YAML, unknown keys or wrong types.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(path, "recipe file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(path, f"not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(path, "a recipe must be a YAML mapping")
-    try:
-        cfg = config_from_mapping(raw, overrides)
-    except ConfigError as err:
-        raise ConfigError(path, f"{err.source}: {err.problem}" if err.source else err.problem) from err
-    return resolve_paths(cfg, path.parent)
+    cfg = read_recipe(path, lambda raw: config_from_mapping(raw, overrides))
+    return resolve_paths(cfg, Path(path).parent)
 
 
 def ensure_phantoms(cfg: PneumothoraxConfig) -> PneumothoraxConfig:

@@ -62,8 +62,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from cxrlab.config import ExperimentConfig, apply_overrides, config_from_dict, load_config, resolve_paths
-from cxrlab.errors import ConfigError, MissingFileError
+from cxrlab.config import (ExperimentConfig, apply_overrides, config_from_dict, load_config, read_recipe,
+                           resolve_paths)
+from cxrlab.errors import ConfigError
 from cxrlab.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -263,19 +264,12 @@ def study_from_dict(raw: Mapping[str, Any], base_dir: str | Path = ".",
 
 def load_study(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
     """Read a study YAML file (relative paths resolve against its folder)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(path, "study file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(path, f"not valid YAML: {err}") from err
-    if not isinstance(raw, dict) or "study" not in raw:
-        raise ConfigError(path, "a study file is a mapping with 'study' and 'recipe' sections")
-    try:
-        return study_from_dict(raw, path.parent, overrides)
-    except ConfigError as err:
-        raise ConfigError(path, f"{err.source}: {err.problem}" if err.source else err.problem) from err
+    def build(raw: dict[str, Any]) -> StudyConfig:
+        if "study" not in raw:
+            raise ConfigError(None, "a study file is a mapping with 'study' and 'recipe' sections")
+        return study_from_dict(raw, Path(path).parent, overrides)
+
+    return read_recipe(path, build, "study file")
 
 
 # -------------------------------------------------------------------------------- the grid

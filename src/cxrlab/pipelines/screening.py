@@ -39,12 +39,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from cxrlab.config import _build, _resolve, apply_overrides
+from cxrlab.config import _build, _resolve, apply_overrides, read_recipe
 from cxrlab.data.screening import (DilationConfig, ScreeningItems, ScreeningStore,
                                    abnormal_truth, screening_augment, screening_targets)
 from cxrlab.data.transforms import PreprocessConfig
 from cxrlab.engine.screening import resolve_device, torch_threads
-from cxrlab.errors import ConfigError, MissingFileError, SkipLog
+from cxrlab.errors import ConfigError, SkipLog
 from cxrlab.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -240,18 +240,8 @@ def load_screening_config(path: str | Path, overrides: list[str] | tuple[str, ..
     Raises:
         MissingFileError: No such recipe. ConfigError: Bad YAML, keys or values.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(path, "screening recipe not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(path, f"not valid YAML: {err}") from err
-    try:
-        return screening_config_from_dict(raw, overrides, base=path.parent)
-    except ConfigError as err:
-        raise ConfigError(path, f"{err.source}: {err.problem}" if err.source else err.problem
-                          ) from err
+    return read_recipe(path, lambda raw: screening_config_from_dict(raw, overrides, base=Path(path).parent),
+                       "screening recipe")
 
 
 def check_config(cfg: ScreeningConfig) -> None:
