@@ -64,6 +64,16 @@ def test_demo_screens_phantoms_and_flags_unseen_diseases(tmp_path):
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads(evaluated.stdout)["sensitivity"] == report["sensitivity"]
 
+    point = json.loads((run_dir / "ensemble" / "operating_point.json").read_text())
+    moved = runner.invoke(_app(), ["screen", "evaluate", str(run_dir), "--json",
+                                   "--target-sensitivity", "0.5"])
+    assert moved.exit_code == 0, moved.output
+    lower = json.loads((run_dir / "ensemble" / "operating_point.json").read_text())
+    assert lower["target_sensitivity"] == 0.5 and lower["sensitivity"] >= 0.5
+    assert lower["threshold"] >= point["threshold"] and lower["specificity"] >= point["specificity"]
+    assert json.loads(moved.stdout)["variants"]["ensemble"]["operating_point"] == lower
+    assert "target_sensitivity: 0.5" in (run_dir / "config.yaml").read_text()
+
     images = pd.read_csv(run_dir / "predictions" / "ensemble_unseen.csv")["path"].head(2)
     csv = tmp_path / "pred.csv"
     predicted = runner.invoke(_app(), ["screen", "predict", str(run_dir), *images,

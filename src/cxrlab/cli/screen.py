@@ -72,11 +72,16 @@ def train_cmd(
 def evaluate_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory made by `cxrlab screen train`."),
     as_json: bool = typer.Option(False, "--json", help="Print report.json instead of tables."),
+    target_sensitivity: float = typer.Option(
+        None, "--target-sensitivity", min=0.0, max=1.0,
+        help="First move the operating point: re-pick each variant's SVM threshold on the "
+             "validation images for this sensitivity (networks and SVM unchanged)."),
 ) -> None:
     """Re-score a run on its evaluation sets; rewrites predictions, tables and reports."""
-    from cxrlab.pipelines.screening_report import evaluate_screening
+    from cxrlab.pipelines.screening_report import evaluate_screening, move_operating_point
 
-    report = evaluate_screening(run_dir)
+    report = (evaluate_screening(run_dir) if target_sensitivity is None
+              else move_operating_point(run_dir, target_sensitivity))
     if as_json:
         typer.echo(json.dumps(report, default=lambda v: None))
         return

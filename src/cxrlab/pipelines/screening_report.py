@@ -351,13 +351,60 @@ def fit_second_classifier(cfg: ScreeningConfig, data: ScreeningData, nets: list[
                 if cfg.svm.fit_on == "train" else data.parts["valid"])
     logits = variant_logits(cfg, nets, data.store, fit_rows)
     svm = fit_svm(cfg, logits.reshape(len(fit_rows), -1), data.truth[fit_rows])
-    valid = data.parts["valid"]
-    scores = svm.decision_function(variant_logits(cfg, nets, data.store, valid)
-                                   .reshape(len(valid), -1))
-    point = choose_operating_point(data.truth[valid], scores, cfg.svm.target_sensitivity)
+    point = _validation_point(cfg, data, nets, svm)
     atomic_write(out / "svm.pkl", lambda tmp: tmp.write_bytes(pickle.dumps(svm)))
     atomic_write_json(out / "operating_point.json", point)
     return svm, point
+
+
+def _validation_point(cfg: ScreeningConfig, data: ScreeningData, nets: list[Any],
+                      svm: Any) -> dict[str, float]:
+    """The operating point for ``cfg.svm.target_sensitivity`` on the validation images."""
+    valid = data.parts["valid"]
+    scores = svm.decision_function(variant_logits(cfg, nets, data.store, valid)
+                                   .reshape(len(valid), -1))
+    return choose_operating_point(data.truth[valid], scores, cfg.svm.target_sensitivity)
+
+
+def move_operating_point(run_dir: str | Path, target_sensitivity: float,
+                         measure_cost: bool = True) -> dict[str, Any]:
+    """Re-pick every variant's operating point of a trained run for a new target sensitivity.
+
+    The networks and the SVMs stay as trained: the validation images are scored again and
+    the threshold is chosen for ``target_sensitivity`` as in training. The run's
+    ``config.yaml`` records the new target, each ``operating_point.json`` is replaced
+    (atomically), and the run is re-evaluated.
+
+    Returns:
+        The new ``report.json`` contents (see :func:`evaluate_screening`).
+
+    Raises:
+        MissingFileError: Not a screening run directory or no trained variant.
+        ConfigError: A target outside (0, 1].
+    """
+    from cxrlab.pipelines.screening import save_screening_config
+
+    run_dir = Path(run_dir)
+    if not 0.0 < float(target_sensitivity) <= 1.0:
+        raise ConfigError("--target-sensitivity", f"must lie in (0, 1], got {target_sensitivity}")
+    if not (run_dir / "config.yaml").is_file():
+        raise MissingFileError(run_dir / "config.yaml", "not a screening run directory")
+    cfg = load_screening_config(run_dir / "config.yaml",
+                                [f"svm.target_sensitivity={float(target_sensitivity)!r}"])
+    variants = [v for v in cfg.model.variants if (run_dir / v / "svm.pkl").is_file()]
+    if not variants:
+        raise MissingFileError(run_dir, "no trained variant (ensemble/ or shared/ with svm.pkl)")
+    with torch_threads(cfg.train.threads):
+        data = prepare_screening_data(cfg, SkipLog(cfg.data.on_error))
+        for variant in variants:
+            svm, old = load_second_classifier(run_dir, variant)
+            point = _validation_point(cfg, data, load_variant(run_dir, variant, list(cfg.data.diseases)), svm)
+            atomic_write_json(run_dir / variant / "operating_point.json", point)
+            log.info("%s: threshold %.4f -> %.4f (target sensitivity %s -> %s)", variant,
+                     old["threshold"], point["threshold"], old["target_sensitivity"],
+                     point["target_sensitivity"])
+        save_screening_config(cfg, run_dir / "config.yaml")
+        return _evaluate(run_dir, cfg, data, measure_cost)
 
 
 def load_second_classifier(run_dir: Path, variant: str) -> tuple[Any, dict[str, float]]:
