@@ -65,7 +65,7 @@ def test_every_shipped_recipe_loads_and_round_trips(path, tmp_path):
 def test_every_other_shipped_recipe_loads_with_its_own_loader(path, tmp_path):
     kind = _recipe_kind(path)
     if kind == "study":
-        from cxrlab.pipelines.scaling import load_study
+        from cxrlab.pipelines.study_plan import load_study
         assert load_study(path).name
     elif kind == "pneumothorax":
         from cxrlab.pipelines.pneumothorax import load_pneumothorax_config

@@ -118,7 +118,8 @@ def _broken(src: Path, folder: Path) -> None:
 
 
 def _study(bce: Path, out: Path, nih: Path) -> None:
-    from cxrlab.pipelines.scaling import collect_rows, run_key, write_results_csv
+    from cxrlab.pipelines.scaling import collect_rows, write_results_csv
+    from cxrlab.pipelines.study_plan import run_key
     from cxrlab.report.cam_grid import cam_grid
     from cxrlab.report.scaling import write_report
     from cxrlab.utils import atomic_write_json

@@ -9,7 +9,7 @@ import pytest
 
 from cxrlab.errors import ConfigError
 from cxrlab.pipelines.executors import InlineExecutor, LocalExecutor, RayExecutor, create_executor
-from cxrlab.pipelines.scaling import slug
+from cxrlab.pipelines.study_plan import slug
 
 
 def _collect(events):

@@ -13,7 +13,8 @@ import yaml
 from cxrlab.errors import ConfigError
 from cxrlab.models.registry import EFFICIENTNET_FOR_RESOLUTION
 from cxrlab.pipelines import scaling
-from cxrlab.pipelines.scaling import BatchRule, expand_grid, load_study, run_study, study_from_dict
+from cxrlab.pipelines.scaling import run_study
+from cxrlab.pipelines.study_plan import BatchRule, expand_grid, load_study, study_from_dict
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

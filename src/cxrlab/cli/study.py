@@ -58,7 +58,8 @@ def scaling_cmd(
 ) -> None:
     """Run every unfinished run of a study grid; writes OUT/results.csv (one row per run)."""
     from cxrlab.pipelines.executors import create_executor
-    from cxrlab.pipelines.scaling import expand_grid, load_study, prepare_phantoms, run_study
+    from cxrlab.pipelines.scaling import prepare_phantoms, run_study
+    from cxrlab.pipelines.study_plan import expand_grid, load_study
 
     study = load_study(config, overrides or [])
     if dry_run:

@@ -20,7 +20,7 @@ holds the best run among the paired architectures: the green triangle of Fig 4.2
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cxrlab.errors import CSVFormatError, MissingFileError
-from cxrlab.pipelines.scaling import DEFAULT_PAIRS
+from cxrlab.pipelines.study_plan import DEFAULT_PAIRS
 from cxrlab.utils import atomic_write, atomic_write_text
 
 REQUIRED = ("task", "resolution", "arch", "seed", "best_auroc")
@@ -148,32 +148,41 @@ def _grid(n: int, title: str) -> tuple[Figure, list[Any]]:
     return fig, axes
 
 
-def plot_resolution(summary: pd.DataFrame, path: Path) -> Path:
-    """Fig 4.1: mean ± std (bars) and max (triangles) AUROC against resolution, per task."""
-    tasks = list(dict.fromkeys(summary["task"]))
-    fig, axes = _grid(max(len(tasks), 1), "AUROC by image resolution (all runs)")
+def _task_panels(frame: pd.DataFrame, title: str, ylabel: str, draw: Callable[[Any, pd.DataFrame], None],
+                 path: Path, legend_size: int = 6) -> Path:
+    """One panel per task (x: resolution), ``draw(ax, rows_of_the_task)`` fills each; saved to ``path``."""
+    tasks = list(dict.fromkeys(frame["task"]))
+    fig, axes = _grid(max(len(tasks), 1), title)
     for ax, task in zip(axes, tasks):
-        part = summary[summary["task"] == task]
-        ax.errorbar(part["resolution"], part["mean"], yerr=part["std"].fillna(0), fmt="o-", capsize=3,
-                    label="mean ± std")
-        ax.plot(part["resolution"], part["max"], "^", color="tab:green", label="max")
+        part = frame[frame["task"] == task].sort_values("resolution")
+        draw(ax, part)
         ax.set_title(task)
         ax.set_xlabel("resolution (px)")
         ax.set_xticks(sorted(part["resolution"].unique()))
     if axes:
-        axes[0].set_ylabel("validation AUROC")
+        axes[0].set_ylabel(ylabel)
         if axes[0].get_legend_handles_labels()[0]:
-            axes[0].legend(fontsize=7)
+            axes[0].legend(fontsize=legend_size)
     return _save(fig, path)
+
+
+def _mean_std_max(ax: Any, part: pd.DataFrame, who: str = "") -> None:
+    ax.errorbar(part["resolution"], part["mean"], yerr=part["std"].fillna(0), fmt="o-", capsize=3,
+                label=f"{who}mean ± std")
+    ax.plot(part["resolution"], part["max"], "^", color="tab:green", label=f"{who}max")
+
+
+def plot_resolution(summary: pd.DataFrame, path: Path) -> Path:
+    """Fig 4.1: mean ± std (bars) and max (triangles) AUROC against resolution, per task."""
+    return _task_panels(summary, "AUROC by image resolution (all runs)", "validation AUROC", _mean_std_max, path,
+                        legend_size=7)
 
 
 def plot_model_scaling(delta: pd.DataFrame, path: Path) -> Path:
     """Fig 4.2: Δmean (circles) and Δmax (triangles) per family; the best model in green."""
-    tasks = list(dict.fromkeys(delta["task"]))
-    fig, axes = _grid(max(len(tasks), 1), "Larger minus smaller model (AUROC)")
     families = list(dict.fromkeys(delta["family"]))
-    for ax, task in zip(axes, tasks):
-        part = delta[delta["task"] == task]
+
+    def draw(ax: Any, part: pd.DataFrame) -> None:
         for k, family in enumerate(families):
             rows = part[part["family"] == family]
             color = FAMILY_COLORS[k % len(FAMILY_COLORS)]
@@ -182,36 +191,21 @@ def plot_model_scaling(delta: pd.DataFrame, path: Path) -> Path:
         best = part[part["is_best"]]
         ax.plot(best["resolution"], best["delta_max"], "^", color="tab:green", markersize=11, label="best model")
         ax.axhline(0.0, linestyle="--", color="gray", linewidth=1)
-        ax.set_title(task)
-        ax.set_xlabel("resolution (px)")
-        ax.set_xticks(sorted(part["resolution"].unique()))
-    if axes:
-        axes[0].set_ylabel("Δ AUROC")
-        if axes[0].get_legend_handles_labels()[0]:
-            axes[0].legend(fontsize=6)
-    return _save(fig, path)
+
+    return _task_panels(delta, "Larger minus smaller model (AUROC)", "Δ AUROC", draw, path)
 
 
 def plot_efficientnet(eff: pd.DataFrame, path: Path) -> Path:
     """Fig 4.3: the paired EfficientNet's mean ± std and max per resolution, vs all models' mean."""
-    tasks = list(dict.fromkeys(eff["task"]))
-    fig, axes = _grid(max(len(tasks), 1), "EfficientNet compound scaling")
-    for ax, task in zip(axes, tasks):
-        part = eff[eff["task"] == task].sort_values("resolution")
-        ax.errorbar(part["resolution"], part["mean"], yerr=part["std"].fillna(0), fmt="o-", capsize=3,
-                    label="EfficientNet mean ± std")
-        ax.plot(part["resolution"], part["max"], "^", color="tab:green", label="EfficientNet max")
+
+    def draw(ax: Any, part: pd.DataFrame) -> None:
+        _mean_std_max(ax, part, "EfficientNet ")
         ax.plot(part["resolution"], part["all_models_mean"], "s--", color="gray", label="all models mean")
         for _, row in part.iterrows():
             ax.annotate(str(row["arch"]).replace("efficientnet_", ""), (row["resolution"], row["max"]),
                         textcoords="offset points", xytext=(0, 5), ha="center", fontsize=7)
-        ax.set_title(task)
-        ax.set_xlabel("resolution (px)")
-    if axes:
-        axes[0].set_ylabel("validation AUROC")
-        if axes[0].get_legend_handles_labels()[0]:
-            axes[0].legend(fontsize=6)
-    return _save(fig, path)
+
+    return _task_panels(eff, "EfficientNet compound scaling", "validation AUROC", draw, path)
 
 
 # --------------------------------------------------------------------------- the report
