@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,23 +34,13 @@ from cxrlab.engine.callbacks import BestCheckpoints, EpochSeed
 from cxrlab.engine.module import ClassifierModule, OptimSpec
 from cxrlab.errors import ConfigError, MissingFileError
 from cxrlab.pipelines.classify_data import PreparedData, accumulation, make_loader, prepare_data
+from cxrlab.pipelines.run_dir import RunStatus, claim_run_directory, run_status
 from cxrlab.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _status(run_dir: Path, state: str, **extra: Any) -> None:
-    atomic_write_json(run_dir / "status.json", {"state": state, "time": time.time(), **extra})
-
-
-def read_status(run_dir: Path) -> dict[str, Any]:
-    import json
-
-    path = Path(run_dir) / "status.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _file_logger(run_dir: Path) -> logging.Handler:
@@ -161,53 +150,51 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True,
     Raises:
         ConfigError: The run directory holds another run and ``resume`` is False.
     """
-    from cxrlab.models import create_classifier
-    from cxrlab.models.weights import save_model_checkpoint
-
-    run_dir = run_directory(cfg)
-    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        raise ConfigError(str(run_dir), "run directory exists; pass --resume to continue it or choose another name=")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = claim_run_directory(run_directory(cfg), resume=resume, hint="pass --resume to continue it")
     if resume and (run_dir / "config.yaml").is_file():
         previous = load_config(run_dir / "config.yaml")
         if previous.to_dict() != cfg.to_dict():
             log.warning("resuming with a recipe that differs from %s/config.yaml", run_dir)
     save_config(cfg, run_dir / "config.yaml")
     handler = _file_logger(run_dir)
-    _status(run_dir, "running")
-    started = time.time()
     try:
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        if cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        prepared = prepare_data(cfg)
-        _write_split(run_dir, prepared)
-        model = create_classifier(cfg.model.arch, num_classes=len(prepared.task_names),
-                                  in_chans=prepared.channels, head=cfg.model.head,
-                                  pretrained=cfg.model.pretrained, dropout=cfg.model.dropout)
-        meta = _model_meta(cfg, prepared)
-
-        def save(path: Path, metrics: dict) -> None:
-            save_model_checkpoint(path, model, {**meta, "val_metrics": metrics})
-
-        valid = prepared.splits["valid"]
-        for k, phase in enumerate(cfg.train.phases):
-            _train_phase(cfg, k, model, prepared, valid, run_dir, save, resume, progress, epoch_hook)
-        _status(run_dir, "evaluating")
-        metrics = evaluate_run(run_dir, prepared=prepared, cfg=cfg)
-        _status(run_dir, "finished", seconds=round(time.time() - started, 1))
-        if cfg.output.mlflow:
-            from cxrlab.engine.tracking import log_run
-
-            log_run(run_dir, cfg, metrics)
-    except BaseException as err:
-        _status(run_dir, "failed", error=f"{type(err).__name__}: {err}")
-        raise
+        with run_status(run_dir) as status:
+            _train_and_evaluate(cfg, run_dir, status, resume, progress, epoch_hook)
     finally:
         logging.getLogger("cxrlab").removeHandler(handler)
         logging.getLogger("lightning").removeHandler(handler)
         handler.close()
     return run_dir
+
+
+def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, status: RunStatus, resume: bool, progress: bool,
+                        epoch_hook: Callable[[int, int], None] | None) -> None:
+    from cxrlab.models import create_classifier
+    from cxrlab.models.weights import save_model_checkpoint
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    prepared = prepare_data(cfg)
+    _write_split(run_dir, prepared)
+    model = create_classifier(cfg.model.arch, num_classes=len(prepared.task_names),
+                              in_chans=prepared.channels, head=cfg.model.head,
+                              pretrained=cfg.model.pretrained, dropout=cfg.model.dropout)
+    meta = _model_meta(cfg, prepared)
+
+    def save(path: Path, metrics: dict) -> None:
+        save_model_checkpoint(path, model, {**meta, "val_metrics": metrics})
+
+    valid = prepared.splits["valid"]
+    for k, phase in enumerate(cfg.train.phases):
+        _train_phase(cfg, k, model, prepared, valid, run_dir, save, resume, progress, epoch_hook)
+    status.set("evaluating")
+    metrics = evaluate_run(run_dir, prepared=prepared, cfg=cfg)
+    status.finished()
+    if cfg.output.mlflow:
+        from cxrlab.engine.tracking import log_run
+
+        log_run(run_dir, cfg, metrics)
 
 
 def _train_phase(cfg, k, model, prepared, valid, run_dir, save, resume, progress, epoch_hook) -> None:

@@ -16,7 +16,8 @@ from cxrlab.errors import ConfigError
 
 
 def _trained(cfg: ExperimentConfig, progress: bool) -> Path:
-    from cxrlab.pipelines.classify import read_status, run_directory, train
+    from cxrlab.pipelines.classify import run_directory, train
+    from cxrlab.pipelines.run_dir import read_status
 
     run_dir = run_directory(cfg)
     state = read_status(run_dir).get("state")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from cxrlab.config import (DataConfig, ModelConfig, OutputConfig, TrainConfig, _
                            config_from_dict, read_recipe, resolve_paths)
 from cxrlab.errors import ConfigError, MissingFileError
 from cxrlab.pipelines.postprocess import SearchGrids
+from cxrlab.pipelines.run_dir import claim_run_directory, run_status
 from cxrlab.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -519,14 +519,9 @@ def train(cfg: PneumothoraxConfig, test_indices: np.ndarray | None = None, progr
     from cxrlab.pipelines.pneumothorax_cv import evaluate_run
 
     cfg = ensure_phantoms(cfg)
-    run_dir = Path(cfg.output.root) / cfg.name
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(str(run_dir), "run directory exists; choose another name= or remove it")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = claim_run_directory(Path(cfg.output.root) / cfg.name)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    atomic_write_json(run_dir / "status.json", {"state": "running", "time": time.time()})
-    started = time.time()
-    try:
+    with run_status(run_dir) as status:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -538,14 +533,9 @@ def train(cfg: PneumothoraxConfig, test_indices: np.ndarray | None = None, progr
             train_unet(cfg, data, "one_case", run_dir / "one_case", progress)
             train_gate(cfg, data, run_dir, progress)
         metrics = evaluate_run(run_dir, cfg=cfg, data=data)
-        atomic_write_json(run_dir / "status.json", {"state": "finished", "time": time.time(),
-                                                    "seconds": round(time.time() - started, 1)})
+        status.finished()
         if cfg.output.mlflow:
             _log_mlflow(run_dir, cfg, metrics)
-    except BaseException as err:
-        atomic_write_json(run_dir / "status.json", {"state": "failed", "time": time.time(),
-                                                    "error": f"{type(err).__name__}: {err}"})
-        raise
     return run_dir
 
 

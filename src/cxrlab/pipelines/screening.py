@@ -549,21 +549,12 @@ def train_screening(cfg: ScreeningConfig, report: Callable[[str], None] | None =
         ConfigError: The run directory exists and ``overwrite`` is False, or the recipe
             cannot run on its data.
     """
-    import shutil
-
+    from cxrlab.pipelines.run_dir import claim_run_directory, run_status
     from cxrlab.pipelines.screening_report import evaluate_screening, run_ablations
 
-    run_dir = run_directory(cfg)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise ConfigError(str(run_dir), "run directory exists; choose another name= or "
-                                            "delete it")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = claim_run_directory(run_directory(cfg), overwrite=overwrite, hint="pass --overwrite")
     save_screening_config(cfg, run_dir / "config.yaml")
-    atomic_write_json(run_dir / "status.json", {"state": "running", "time": time.time()})
-    started = time.time()
-    try:
+    with run_status(run_dir) as status:
         data = prepare_screening_data(cfg)
         atomic_write_json(run_dir / "split.json", {
             **{part: int(rows.size) for part, rows in data.parts.items()},
@@ -579,15 +570,9 @@ def train_screening(cfg: ScreeningConfig, report: Callable[[str], None] | None =
         if cfg.ablations:
             run_ablations(cfg, run_dir, report)
             summary = evaluate_screening(run_dir, cfg=cfg, data=data)
-        atomic_write_json(run_dir / "status.json", {
-            "state": "finished", "time": time.time(),
-            "seconds": round(time.time() - started, 1)})
+        status.finished()
         if cfg.output.mlflow:
             from cxrlab.pipelines.screening_report import log_to_mlflow
 
             log_to_mlflow(cfg, run_dir, summary)
-    except BaseException as err:
-        atomic_write_json(run_dir / "status.json", {"state": "failed", "time": time.time(),
-                                                    "error": f"{type(err).__name__}: {err}"})
-        raise
     return run_dir

@@ -1,0 +1,84 @@
+"""The run directory every training command writes: claiming it and its ``status.json``.
+
+Classification (``cxrlab train``), pneumothorax (``cxrlab seg train``) and screening
+(``cxrlab screen train``) runs share one life cycle::
+
+    run_dir = claim_run_directory(path, resume=..., overwrite=...)
+    ...write config.yaml...
+    with run_status(run_dir) as status:      # status.json: running
+        ...train, evaluate...
+        status.set("evaluating")             # any intermediate state
+        status.finished()                    # finished, with the seconds since "running"
+    # an exception inside the block leaves status.json: failed, with the error, and re-raises
+
+``status.json`` is written atomically, so a killed run never leaves a half-written file;
+the dashboard and the study runner read it with :func:`read_status`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from cxrlab.errors import ConfigError
+from cxrlab.utils import atomic_write_json
+
+
+def claim_run_directory(run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+                        hint: str = "") -> Path:
+    """Create ``run_dir`` for a new run; refuse one that already holds files.
+
+    Args:
+        run_dir: ``output.root/name`` of the recipe.
+        resume: Keep the files of an existing run (the caller continues it).
+        overwrite: Delete an existing run first.
+        hint: What else the command offers, e.g. ``"pass --resume to continue it"``.
+
+    Raises:
+        ConfigError: The directory holds files and neither ``resume`` nor ``overwrite`` is set.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        if not overwrite:
+            raise ConfigError(str(run_dir), "run directory exists; choose another name= or remove it"
+                                            + (f", or {hint}" if hint else ""))
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``status.json`` (``{}`` when there is none)."""
+    path = Path(run_dir) / "status.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+class RunStatus:
+    """Writes ``RUN/status.json``: ``{"state": ..., "time": ..., **extra}``."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / "status.json"
+        self.started = time.time()
+
+    def set(self, state: str, **extra: Any) -> None:
+        atomic_write_json(self.path, {"state": state, "time": time.time(), **extra})
+
+    def finished(self, **extra: Any) -> None:
+        self.set("finished", seconds=round(time.time() - self.started, 1), **extra)
+
+
+@contextmanager
+def run_status(run_dir: str | Path) -> Iterator[RunStatus]:
+    """``running`` on entry; ``failed`` with the error if the block raises (the error propagates)."""
+    status = RunStatus(Path(run_dir))
+    status.set("running")
+    try:
+        yield status
+    except BaseException as err:
+        status.set("failed", error=f"{type(err).__name__}: {err}")
+        raise
