@@ -167,23 +167,38 @@ def _loss_of(train: dict[str, Any]) -> str | None:
     return "→".join(losses) if losses else (str(default) if default else None)
 
 
+def _read_config(record: RunRecord, files: set[str], arch: tuple[str, str]) -> dict[str, Any]:
+    """The fields every run's ``config.yaml`` shares (arch from ``cfg[arch[0]][arch[1]]``); the config."""
+    if "config.yaml" not in files:
+        return {}
+    cfg = _yaml(record.path / "config.yaml")
+    data = cfg.get("data") or {}
+    record.dataset = data.get("dataset")
+    record.arch = (cfg.get(arch[0]) or {}).get(arch[1])
+    record.resolution = int(data["size"]) if data.get("size") is not None else None
+    record.seed = int(cfg["seed"]) if cfg.get("seed") is not None else None
+    return cfg
+
+
+def _has_results(record: RunRecord, files: set[str], name: str) -> bool:
+    """Read ``status.json``; whether the results file ``name`` is there (a finished run without it is incomplete)."""
+    _status(record, record.path / "status.json")
+    if name in files:
+        return True
+    if record.state == "finished":
+        record.state, record.problem = "incomplete", f"no {name}"
+    return False
+
+
 def _read_classification(record: RunRecord, files: set[str]) -> None:
     path = record.path
-    if "config.yaml" in files:
-        cfg = _yaml(path / "config.yaml")
-        data, model, train = cfg.get("data") or {}, cfg.get("model") or {}, cfg.get("train") or {}
-        record.dataset = data.get("dataset")
-        record.arch = model.get("arch")
-        record.resolution = int(data["size"]) if data.get("size") is not None else None
-        record.loss = _loss_of(train)
-        record.seed = int(cfg["seed"]) if cfg.get("seed") is not None else None
-        record.tasks = tuple(str(t) for t in data.get("tasks") or ())
+    cfg = _read_config(record, files, ("model", "arch"))
+    if cfg:
+        record.loss = _loss_of(cfg.get("train") or {})
+        record.tasks = tuple(str(t) for t in (cfg.get("data") or {}).get("tasks") or ())
         record.info["config_name"] = cfg.get("name")
-    _status(record, path / "status.json")
-    if "metrics.json" not in files:
-        if record.state == "finished":
-            record.state, record.problem = "incomplete", "no metrics.json"
-        elif "status.json" not in files:
+    if not _has_results(record, files, "metrics.json"):
+        if "status.json" not in files:
             record.state, record.problem = "incomplete", "no status.json or metrics.json"
         return
     metrics = _json(path / "metrics.json")
@@ -227,23 +242,14 @@ def _read_study(record: RunRecord, files: set[str]) -> None:
 
 
 def _read_segmentation(record: RunRecord, files: set[str]) -> None:
-    path = record.path
-    if "config.yaml" in files:
-        cfg = _yaml(path / "config.yaml")
-        data, unet = cfg.get("data") or {}, cfg.get("unet") or {}
-        record.dataset = data.get("dataset")
-        record.arch = unet.get("encoder")
-        record.resolution = int(data["size"]) if data.get("size") is not None else None
+    cfg = _read_config(record, files, ("unet", "encoder"))
+    if cfg:
         record.loss = (cfg.get("train") or {}).get("loss")
-        record.seed = cfg.get("seed")
         record.tasks = ("Pneumothorax",)
         record.info["models"] = cfg.get("models")
-    _status(record, path / "status.json")
-    if "metrics.json" not in files:
-        if record.state == "finished":
-            record.state, record.problem = "incomplete", "no metrics.json"
+    if not _has_results(record, files, "metrics.json"):
         return
-    metrics = _json(path / "metrics.json")
+    metrics = _json(record.path / "metrics.json")
     scores = {}
     for model, rows in (metrics.get("models") or {}).items():
         for row, result in (rows or {}).items():
@@ -264,21 +270,12 @@ def _read_segmentation_cv(record: RunRecord, files: set[str]) -> None:
 
 
 def _read_screening(record: RunRecord, files: set[str]) -> None:
-    path = record.path
-    if "config.yaml" in files:
-        cfg = _yaml(path / "config.yaml")
-        data, model = cfg.get("data") or {}, cfg.get("model") or {}
-        record.dataset = data.get("dataset")
-        record.arch = model.get("encoder")
-        record.resolution = int(data["size"]) if data.get("size") is not None else None
-        record.tasks = tuple(str(t) for t in data.get("diseases") or ())
-        record.seed = cfg.get("seed")
-    _status(record, path / "status.json")
-    if "report.json" not in files:
-        if record.state == "finished":
-            record.state, record.problem = "incomplete", "no report.json"
+    cfg = _read_config(record, files, ("model", "encoder"))
+    if cfg:
+        record.tasks = tuple(str(t) for t in (cfg.get("data") or {}).get("diseases") or ())
+    if not _has_results(record, files, "report.json"):
         return
-    report = _json(path / "report.json")
+    report = _json(record.path / "report.json")
     record.info.update({k: _float(report.get(k)) for k in ("sensitivity", "specificity", "auroc",
                                                             "unseen_predicted_normal_rate")})
     record.info["primary_variant"] = report.get("primary_variant")

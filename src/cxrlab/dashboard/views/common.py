@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,15 @@ def show_error(err: Exception, what: str) -> None:
 
 
 READ_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError, pd.errors.ParserError, pd.errors.EmptyDataError)
+
+
+def read_or_warn(record: RunRecord, reader: Callable[[Path], Any], what: str = "read") -> Any:
+    """``reader(record.path)``, or None after a warning ("Cannot <what> <run>: ...") when it fails."""
+    try:
+        return reader(record.path)
+    except READ_ERRORS as err:
+        show_error(err, f"Cannot {what} {record.name}")
+        return None
 
 
 # ---------------------------------------------------------------------------- cached reads

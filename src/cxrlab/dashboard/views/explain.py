@@ -7,7 +7,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrlab.dashboard.views.common import READ_ERRORS, chart, data, pick_record, readable_frame, run_index, show_error
+from cxrlab.dashboard.views.common import (READ_ERRORS, chart, data, pick_record, read_or_warn, readable_frame, run_index,
+                                           show_error)
 
 st.title("Explain")
 index = run_index()
@@ -67,10 +68,8 @@ if localizations:
     st.subheader("Localization scores against boxes")
     record = pick_record(localizations, "Localization output", key="explain_loc")
     if record is not None:
-        try:
-            tables = data.localization_tables(record.path)
-        except READ_ERRORS as err:
-            show_error(err, f"Cannot read {record.name}")
+        tables = read_or_warn(record, data.localization_tables)
+        if tables is None:
             st.stop()
         summary = tables["summary"]
         st.dataframe(readable_frame(summary), hide_index=True, width="stretch")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrlab.dashboard.views.common import READ_ERRORS, chart, data, pick_record, readable_frame, run_index, show_error
+from cxrlab.dashboard.views.common import chart, data, pick_record, read_or_warn, readable_frame, run_index
 
 COLORS = ("#1f77b4", "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
 
@@ -18,10 +18,8 @@ if record is None:
 progress = record.info.get("progress")
 if progress:
     st.caption(" · ".join(f"{k} {v}" for k, v in progress.items() if v is not None))
-try:
-    tables = data.scaling_tables(record.path)
-except READ_ERRORS as err:
-    show_error(err, f"Cannot read the study {record.name}")
+tables = read_or_warn(record, data.scaling_tables, "read the study")
+if tables is None:
     st.stop()
 for problem in tables["problems"]["problem"]:
     st.warning(problem)

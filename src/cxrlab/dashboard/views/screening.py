@@ -7,7 +7,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrlab.dashboard.views.common import READ_ERRORS, chart, data, pick_record, readable_frame, run_index, show_error
+from cxrlab.dashboard.views.common import (READ_ERRORS, chart, data, pick_record, read_or_warn, readable_frame, run_index,
+                                           show_error)
 
 st.title("Normal screening")
 index = run_index()
@@ -15,10 +16,8 @@ record = pick_record([r for r in index.of_kind("screening") if r.state != "incom
                      key="screen_run")
 if record is None:
     st.stop()
-try:
-    tables = data.screening_tables(record.path)
-except READ_ERRORS as err:
-    show_error(err, f"Cannot read {record.name}")
+tables = read_or_warn(record, data.screening_tables)
+if tables is None:
     st.stop()
 report = tables["report"]
 variants = list((report.get("variants") or {}).keys())

@@ -7,7 +7,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrlab.dashboard.views.common import READ_ERRORS, chart, data, pick_record, readable_frame, run_index, show_error
+from cxrlab.dashboard.views.common import (READ_ERRORS, chart, data, pick_record, read_or_warn, readable_frame, run_index,
+                                           show_error)
 
 st.title("Segmentation")
 index = run_index()
@@ -18,11 +19,7 @@ if tabled:
     st.subheader("Post-processing × model (seed 002 Table 5.1 layout)")
     record = pick_record(tabled, "Cross-validation or run", key="seg_source")
     if record is not None:
-        try:
-            tables = data.segmentation_tables(record.path)
-        except READ_ERRORS as err:
-            show_error(err, f"Cannot read {record.name}")
-            tables = None
+        tables = read_or_warn(record, data.segmentation_tables)
         if tables is not None:
             where = ("test folds, mean (±std) over folds" if "summary" in tables
                      else f"{tables['split']['split'].iloc[0]} split of one run")
@@ -45,11 +42,7 @@ if predicted:
     st.subheader("Per-image Dice of predicted masks (worst first)")
     record = pick_record(predicted, "Prediction folder", key="seg_pred")
     if record is not None:
-        try:
-            dice = data.per_image_dice(record.path)
-        except READ_ERRORS as err:
-            show_error(err, f"Cannot score {record.name}")
-            dice = None
+        dice = read_or_warn(record, data.per_image_dice, "score")
         if dice is not None and not dice.empty:
             st.caption(f"truth: {dice.attrs.get('rle_csv')}; {len(dice)} images, mean Dice {dice['dice'].mean():.3f}")
             st.dataframe(readable_frame(dice[["dice", "image_id", "truth_pixels", "pred_pixels", "gate_probability",
