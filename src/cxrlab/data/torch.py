@@ -43,9 +43,13 @@ class ImageDataset(Dataset):
         normalization: ``"imagenet"``, ``"xrv"`` or ``"unit"`` (see
             :func:`~cxrlab.data.transforms.to_tensor`).
         augment: Optional callable applied to the uint8 image (and mask) before
-            :func:`to_tensor`, e.g. :func:`default_train_augment`. In DataLoader worker
-            processes an augment with ``set_random_seed`` (albumentations) is reseeded
-            from the worker's torch seed, so workers do not repeat each other's draws.
+            :func:`to_tensor`, e.g. :func:`default_train_augment`. An augment with
+            ``set_random_seed`` (albumentations keeps its own RNG, which global seeding
+            does not reach) is reseeded from torch's seed whenever that changes: in a
+            DataLoader worker from the worker's seed (workers do not repeat each other's
+            draws), in the main process from ``torch.initial_seed()`` (which the engine
+            sets per epoch), so augmented training is repeatable and a resumed run draws
+            what an uninterrupted one would.
         cache: A :class:`ResolutionCache`, a cache folder (opened and validated against
             ``dataset`` and ``cfg``), or ``None`` to decode every item from its file.
             An opened cache is checked cheaply here (parameters, ``N``, ordered paths);
@@ -156,15 +160,16 @@ class ImageDataset(Dataset):
         return image, (np.asarray(mask) > 0).astype(np.uint8), True
 
     def _reseed_augment(self) -> None:
-        """Give each DataLoader worker its own augmentation stream (derived from torch's
-        per-worker seed, which the engine controls)."""
+        """Derive the augmentation stream from torch's seed (the worker's in a DataLoader
+        worker, else the process's), which the engine sets per epoch; reseed when it changes."""
         info = torch.utils.data.get_worker_info()
-        if info is None or info.seed == self._augment_seed:
+        seed = info.seed if info is not None else torch.initial_seed()
+        if seed == self._augment_seed:
             return
-        self._augment_seed = info.seed
+        self._augment_seed = seed
         set_seed = getattr(self.augment, "set_random_seed", None)
         if callable(set_seed):
-            set_seed(int(info.seed % 2**32))
+            set_seed(int(seed % 2**32))
 
 
 def default_train_augment(kind: str = "classification", seed: int | None = None) -> Augment:

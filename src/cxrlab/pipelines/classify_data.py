@@ -168,7 +168,7 @@ def make_loader(prepared: PreparedData, split: str, cfg: ExperimentConfig, train
     from cxrlab.engine.callbacks import EpochShuffleSampler
 
     part = prepared.splits[split]
-    augment = default_train_augment("classification") if (train and cfg.data.augment) else None
+    augment = default_train_augment("classification", seed=cfg.seed) if (train and cfg.data.augment) else None
     ds = ImageDataset(part.dataset, prepared.preprocess, channels=prepared.channels,
                       normalization=prepared.normalization, augment=augment, cache=part.cache,
                       indices=part.indices)
