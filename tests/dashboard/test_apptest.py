@@ -4,7 +4,6 @@ never imports the training engine (nor torch)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,18 +17,6 @@ from cxrlab.dashboard import APP_PATH
 
 PAGES = {"compare": "Compare runs", "scaling": "Scaling study", "explain": "Explain", "segmentation": "Segmentation",
          "screening": "Normal screening", "image": "Image"}
-
-
-def _fixtures():
-    spec = importlib.util.spec_from_file_location("dashboard_fixture_runs", Path(__file__).with_name("test_data.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def run_root(tiny_recipe, tmp_path_factory) -> Path:
-    return _fixtures().build_run_root(tmp_path_factory.getbasetemp() / "dashboard", tiny_recipe)
 
 
 def _app(root: Path, monkeypatch) -> AppTest:

@@ -10,7 +10,6 @@ where that is impossible.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import socket
@@ -36,13 +35,6 @@ PAGES = {  # page -> (a run name that must be on it, its title); the Runs page i
 }
 LAUNCH = ("import sys, typer\nfrom cxrlab.cli.dashboard import register\napp = typer.Typer()\n"
           "@app.callback()\ndef main() -> None:\n    pass\nregister(app)\napp(sys.argv[1:])\n")
-
-
-def _fixtures():
-    spec = importlib.util.spec_from_file_location("dashboard_fixture_runs", Path(__file__).with_name("test_data.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _chromium_or_skip() -> None:
@@ -86,12 +78,11 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 90.0) ->
 
 
 @pytest.fixture
-def dashboard(tiny_recipe, tmp_path_factory):
+def dashboard(run_root):
     _chromium_or_skip()
-    root = _fixtures().build_run_root(tmp_path_factory.getbasetemp() / "dashboard", tiny_recipe)
     port = _free_port()
-    env = {**os.environ, "CXRLAB_CACHE_DIR": str(root.parent / "index-cache")}
-    process = subprocess.Popen([sys.executable, "-c", LAUNCH, "dashboard", "--runs", str(root), "--host",
+    env = {**os.environ, "CXRLAB_CACHE_DIR": str(run_root.parent / "index-cache")}
+    process = subprocess.Popen([sys.executable, "-c", LAUNCH, "dashboard", "--runs", str(run_root), "--host",
                                 "127.0.0.1", "--port", str(port)], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"

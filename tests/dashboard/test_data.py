@@ -279,11 +279,6 @@ def _screening(bce: Path, run: Path) -> None:
 
 
 @pytest.fixture
-def run_root(tiny_recipe, tmp_path_factory) -> Path:
-    return build_run_root(tmp_path_factory.getbasetemp() / "dashboard", tiny_recipe)
-
-
-@pytest.fixture
 def index(run_root) -> RunIndex:
     index = RunIndex(run_root)
     index.refresh()

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -16,18 +14,6 @@ from cxrlab.dashboard.index import RunIndex, detect_kind, open_index
 
 SMALL_FILES = ("config.yaml", "split.json", "status.json", "best.json", "history.csv", "metrics.json",
                "predictions_valid.csv", "predictions_test.csv")
-
-
-def _fixtures():
-    spec = importlib.util.spec_from_file_location("dashboard_fixture_runs", Path(__file__).with_name("test_data.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def run_root(tiny_recipe, tmp_path_factory) -> Path:
-    return _fixtures().build_run_root(tmp_path_factory.getbasetemp() / "dashboard", tiny_recipe)
 
 
 @pytest.mark.parametrize(("files", "dirs", "kind"), [

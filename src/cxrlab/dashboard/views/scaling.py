@@ -28,9 +28,23 @@ tasks = sorted(results["task"].astype(str).unique().tolist())
 task = st.selectbox("Task", tasks, key="scaling_task")
 runs = results[results["task"].astype(str) == task]
 
+
+def of_task(frame):
+    """The rows of the chosen task, by resolution."""
+    return frame[frame["task"].astype(str) == task].sort_values("resolution") if not frame.empty else frame
+
+
+def mean_and_max(fig, frame, who: str = "", mean_style: dict | None = None, max_style: dict | None = None) -> None:
+    """Mean ± std (line) and max (green triangles) by resolution."""
+    fig.add_trace(go.Scatter(x=frame["resolution"], y=frame["mean"], mode="lines+markers", name=f"{who}mean ± std",
+                             error_y={"type": "data", "array": frame["std"].fillna(0), "visible": True},
+                             **(mean_style or {})))
+    fig.add_trace(go.Scatter(x=frame["resolution"], y=frame["max"], name=f"{who}max",
+                             marker={"symbol": "triangle-up", "size": 12, "color": "green"},
+                             **{"mode": "markers", **(max_style or {})}))
+
 st.subheader("Fig 4.1 — AUROC by image resolution")
-summary = tables["summary"]
-summary = summary[summary["task"].astype(str) == task].sort_values("resolution") if not summary.empty else summary
+summary = of_task(tables["summary"])
 fig = go.Figure()
 for k, (arch, part) in enumerate(runs.groupby("arch", sort=True)):
     fig.add_trace(go.Scatter(x=part["resolution"], y=part["best_auroc"], mode="markers", name=str(arch),
@@ -38,18 +52,13 @@ for k, (arch, part) in enumerate(runs.groupby("arch", sort=True)):
                              customdata=part[["seed"]].to_numpy(),
                              hovertemplate=f"{arch}<br>%{{x}} px, seed %{{customdata[0]}}<br>AUROC %{{y:.3f}}"
                                            "<extra></extra>"))
-fig.add_trace(go.Scatter(x=summary["resolution"], y=summary["mean"], mode="lines+markers", name="mean ± std",
-                         line={"color": "black"},
-                         error_y={"type": "data", "array": summary["std"].fillna(0), "visible": True}))
-fig.add_trace(go.Scatter(x=summary["resolution"], y=summary["max"], mode="markers", name="max",
-                         marker={"symbol": "triangle-up", "size": 12, "color": "green"}))
+mean_and_max(fig, summary, mean_style={"line": {"color": "black"}})
 fig.update_layout(title=f"{task}: validation AUROC of every run by resolution", xaxis_title="resolution (px)",
                   yaxis_title="AUROC", height=430, xaxis={"tickvals": sorted(summary["resolution"].unique())})
 chart(fig, key="fig41")
 
 st.subheader("Fig 4.2 — larger minus smaller model")
-delta = tables["delta"]
-delta = delta[delta["task"].astype(str) == task].sort_values("resolution") if not delta.empty else delta
+delta = of_task(tables["delta"])
 if delta.empty:
     st.info("No model family has both of its architectures at one resolution in this study.")
 else:
@@ -71,18 +80,15 @@ else:
     chart(fig, key="fig42")
 
 st.subheader("Fig 4.3 — EfficientNet compound scaling")
-eff = tables["efficientnet"]
-eff = eff[eff["task"].astype(str) == task].sort_values("resolution") if not eff.empty else eff
+eff = of_task(tables["efficientnet"])
 if eff.empty:
     st.info("No EfficientNet runs in this study.")
 else:
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=eff["resolution"], y=eff["mean"], mode="lines+markers", name="EfficientNet mean ± std",
-                             error_y={"type": "data", "array": eff["std"].fillna(0)}, text=eff["arch"],
-                             hovertemplate="%{text}<br>%{x} px: %{y:.3f}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=eff["resolution"], y=eff["max"], mode="markers+text", name="EfficientNet max",
-                             text=eff["arch"].astype(str).str.replace("efficientnet_", ""), textposition="top center",
-                             marker={"symbol": "triangle-up", "size": 12, "color": "green"}))
+    mean_and_max(fig, eff, "EfficientNet ",
+                 mean_style={"text": eff["arch"], "hovertemplate": "%{text}<br>%{x} px: %{y:.3f}<extra></extra>"},
+                 max_style={"mode": "markers+text", "textposition": "top center",
+                            "text": eff["arch"].astype(str).str.replace("efficientnet_", "")})
     fig.add_trace(go.Scatter(x=eff["resolution"], y=eff["all_models_mean"], mode="lines+markers",
                              name="all models mean", line={"dash": "dash", "color": "grey"}))
     fig.update_layout(title=f"{task}: the paired EfficientNet per resolution", xaxis_title="resolution (px)",
