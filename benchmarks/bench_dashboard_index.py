@@ -46,7 +46,7 @@ def train_template(work: Path) -> Path:
     """A real small classification run on phantoms (the copy source)."""
     from cxrlab.config import config_from_dict
     from cxrlab.data.synthetic_layouts import write_dataset
-    from cxrlab.pipelines.classify import train
+    from cxrlab.tasks.classification.train import train
 
     data = work / "phantoms"
     write_dataset("chexpert", data, n=160, size=64, seed=0)

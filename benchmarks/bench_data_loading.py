@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cxrlab.data.cache import build_cache
     from cxrlab.data.datasets import load_dataset
-    from cxrlab.data.synthetic import write_dataset
+    from cxrlab.data.synthetic_layouts import write_dataset
     from cxrlab.data.torch import ImageDataset
     from cxrlab.data.transforms import PreprocessConfig
 

@@ -27,7 +27,8 @@ import lightning as L
 import numpy as np
 import torch
 
-from cxrlab.engine.module import ClassifierModule, OptimSpec
+from cxrlab.engine.module import ClassifierModule
+from cxrlab.engine.optim import OptimSpec
 from cxrlab.losses import create_loss
 from cxrlab.models import create_classifier
 

@@ -51,8 +51,8 @@ def train_phantom_model(out: Path, n_images: int, size: int, epochs: int) -> Pat
     """The demo recipe trained on phantoms; returns the run directory."""
     from cxrlab.config import load_config
     from cxrlab.data.synthetic_layouts import write_dataset
-    from cxrlab.pipelines.classify import train
-    from cxrlab.pipelines.demo import demo_config_path
+    from cxrlab.tasks.classification.train import train
+    from cxrlab.tasks.classification.demo import demo_config_path
 
     data_dir = out / "data"
     write_dataset("chexpert", data_dir, n=n_images, size=size, seed=0, overwrite=True)
@@ -142,7 +142,7 @@ def real_radiograph_exchange(base: str) -> dict:
     """One full request/response for RG1_UNCR.dcm."""
     import httpx
 
-    from cxrlab.pipelines.demo import real_radiograph
+    from cxrlab.tasks.classification.demo import real_radiograph
 
     path = real_radiograph()
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120) as http:

@@ -65,13 +65,13 @@ def test_every_shipped_recipe_loads_and_round_trips(path, tmp_path):
 def test_every_other_shipped_recipe_loads_with_its_own_loader(path, tmp_path):
     kind = _recipe_kind(path)
     if kind == "study":
-        from cxrlab.pipelines.study_plan import load_study
+        from cxrlab.config.study import load_study
         assert load_study(path).name
     elif kind == "pneumothorax":
-        from cxrlab.pipelines.pneumothorax import load_pneumothorax_config
+        from cxrlab.config.pneumothorax import load_pneumothorax_config
         assert load_pneumothorax_config(path).name
     else:
-        from cxrlab.pipelines.screening import load_screening_config, save_screening_config
+        from cxrlab.config.screening import load_screening_config, save_screening_config
         cfg = load_screening_config(path)
         save_screening_config(cfg, tmp_path / "config.yaml")
         assert load_screening_config(tmp_path / "config.yaml") == cfg

@@ -3,7 +3,7 @@
 :func:`build_run_root` makes the fixture run root the dashboard tests share (built once per
 pytest session under the session's base temp folder):
 
-* ``bce`` — a real classification run (``cxrlab.pipelines.classify.train`` on the CheXpert
+* ``bce`` — a real classification run (``cxrlab.tasks.classification.train.train`` on the CheXpert
   phantoms, 32 px, one epoch); ``dam`` — its copy with perturbed predictions, a different
   loss, and metrics and curves recomputed by the real scorers;
 * ``broken/*`` — a truncated ``metrics.json``, a half-written run, an invalid ``config.yaml``;
@@ -67,7 +67,7 @@ def build_run_root(base: Path, tiny_recipe: Callable[..., dict]) -> Path:
 
 def _classification(root: Path, tiny_recipe: Callable[..., dict]) -> Path:
     from cxrlab.config import config_from_dict
-    from cxrlab.pipelines.classify import train
+    from cxrlab.tasks.classification.train import train
 
     recipe = tiny_recipe(root, **{"name": "bce", "data.size": 32, "train.schedule": "constant",
                                   "train.phases": [{"epochs": 1, "lr": 3e-3}]})
@@ -82,7 +82,7 @@ def _copy_small(src: Path, dst: Path) -> None:
 
 
 def _derived(src: Path, dst: Path, loss: str, seed: int, noise: float) -> Path:
-    from cxrlab.pipelines.classify import score_predictions
+    from cxrlab.tasks.classification.train import score_predictions
     from cxrlab.report.curves import save_roc_pr_curves
     from cxrlab.utils import atomic_write_json
 
@@ -118,8 +118,8 @@ def _broken(src: Path, folder: Path) -> None:
 
 
 def _study(bce: Path, out: Path, nih: Path) -> None:
-    from cxrlab.pipelines.scaling import collect_rows, write_results_csv
-    from cxrlab.pipelines.study_plan import run_key
+    from cxrlab.tasks.scaling.run import collect_rows, write_results_csv
+    from cxrlab.tasks.scaling.plan import run_key
     from cxrlab.report.cam_grid import cam_grid
     from cxrlab.report.scaling import write_report
     from cxrlab.utils import atomic_write_json
@@ -171,8 +171,8 @@ def _segmentation(root: Path, siim: Path) -> None:
     from cxrlab.data.datasets import load_dataset
     from cxrlab.io import read_image
     from cxrlab.metrics.segmentation import get_stats, segmentation_summary
-    from cxrlab.pipelines.pneumothorax_cv import (MaskPrediction, export_predictions, markdown_table,
-                                                  results_frame)
+    from cxrlab.inference.pneumothorax import MaskPrediction, export_predictions
+    from cxrlab.tasks.pneumothorax.evaluate import markdown_table, results_frame
     from cxrlab.utils import atomic_write_json
 
     dataset = load_dataset("siim", rle_csv=str(siim / "train-rle.csv"), root=str(siim))

@@ -291,7 +291,7 @@ def test_pickles_as_a_path_not_the_data(built):
 
 def test_synthetic_chexpert_set(tmp_path):
     from cxrlab.data.datasets import load_dataset
-    from cxrlab.data.synthetic import write_dataset
+    from cxrlab.data.synthetic_layouts import write_dataset
 
     root = write_dataset("chexpert", tmp_path / "phantoms", n=8, size=64, seed=0,
                          valid_fraction=0.0)

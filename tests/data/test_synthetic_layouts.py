@@ -409,10 +409,3 @@ def test_generic_read_back_masks_equal_union(datasets):
         assert np.array_equal(mask, union)
         assert np.array_equal(read_mask(out / record["mask_path"]), union)
         assert np.array_equal(ds.image(i).pixels, phantom.image.astype(np.float32))
-
-
-def test_write_dataset_is_reachable_from_synthetic(tmp_path):
-    from cxrlab.data.synthetic import write_dataset as from_synthetic
-
-    out = from_synthetic("nih", tmp_path / "n", 3, 32, 9, bbox_fraction=1.0)
-    assert read_manifest(out)["layout"] == "nih" and read_manifest(out)["seed"] == 9

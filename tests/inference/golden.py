@@ -41,10 +41,11 @@ def train_runs(root: Path) -> dict[str, Path]:
     """Train one tiny run of each kind under ``root`` (about a minute on 2 cores)."""
     from cxrlab.config import load_config
     from cxrlab.data.synthetic_layouts import write_dataset
-    from cxrlab.pipelines.classify import train as train_classifier
-    from cxrlab.pipelines.pneumothorax import config_from_mapping
-    from cxrlab.pipelines.pneumothorax import train as train_pneumothorax
-    from cxrlab.pipelines.screening import load_screening_config, train_screening
+    from cxrlab.tasks.classification.train import train as train_classifier
+    from cxrlab.config.pneumothorax import config_from_mapping
+    from cxrlab.tasks.pneumothorax.train import train as train_pneumothorax
+    from cxrlab.config.screening import load_screening_config
+    from cxrlab.tasks.screening.pipeline import train_screening
 
     repo = Path(__file__).resolve().parents[2]
     runs: dict[str, Path] = {}
@@ -90,9 +91,9 @@ def train_runs(root: Path) -> dict[str, Path]:
 
 def predict_all(runs: dict[str, Path], paths: list[Path]) -> dict[str, object]:
     """The predictions compared with the golden file (plain JSON types)."""
-    from cxrlab.pipelines.pneumothorax_cv import predict_masks
-    from cxrlab.pipelines.predict import predict_images
-    from cxrlab.pipelines.screening_report import predict_screening
+    from cxrlab.inference.pneumothorax import predict_masks
+    from cxrlab.inference.classifier import predict_images
+    from cxrlab.inference.screening import predict_screening
 
     classifier = predict_images(runs["classifier"] / "best_auroc.pt", paths)
     out: dict[str, object] = {"classifier": {

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from cxrlab.engine.screening import PhaseSchedule, PlateauRule, fit_phase
 from cxrlab.errors import ConfigError, InputError

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from cxrlab.engine.module import OptimSpec
+from cxrlab.engine.optim import OptimSpec
 from cxrlab.engine.optim import param_groups
 from cxrlab.errors import ConfigError, InputError, MissingFileError, WeightsUnavailableError
 from cxrlab.models.segmentation import (SegmentationModel, create_unet, foreground_logits, foreground_probability,

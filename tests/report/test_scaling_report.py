@@ -101,7 +101,6 @@ def test_bad_results_files(tmp_path):
 
 def test_cam_grid_and_localization_of_the_best_runs(tmp_path):
     """Fig 4.5 grid and per-resolution localization from results.csv + the runs' checkpoints."""
-    import numpy as np
     import torch
 
     from cxrlab.data.synthetic_layouts import write_dataset

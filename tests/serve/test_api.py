@@ -88,7 +88,7 @@ def test_insecure_no_auth_serves_without_token(make_settings, model_set, phantom
 
 
 def test_png_upload_gives_the_pipeline_probabilities(client, auth, upload, phantom_images, serve_checkpoint):
-    from cxrlab.pipelines.predict import predict_images
+    from cxrlab.inference.classifier import predict_images
 
     response = upload(client, phantom_images[1])
     assert response.status_code == 200, response.text

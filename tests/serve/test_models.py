@@ -23,8 +23,8 @@ from cxrlab.serve.models import ModelSet, PneumothoraxAdapter, ScreeningAdapter
 
 # The adapters wrap the pneumothorax (issue 5) and screening (issue 6) pipelines; until
 # those land in a checkout, there is nothing to compare against.
-pytest.importorskip("cxrlab.pipelines.pneumothorax_cv", reason="the pneumothorax pipeline is not in this checkout")
-pytest.importorskip("cxrlab.pipelines.screening_report", reason="the screening pipeline is not in this checkout")
+pytest.importorskip("cxrlab.tasks.pneumothorax.evaluate", reason="the pneumothorax pipeline is not in this checkout")
+pytest.importorskip("cxrlab.tasks.screening.evaluate", reason="the screening pipeline is not in this checkout")
 
 DISEASES = ["Pneumothorax", "Cardiomegaly"]
 
@@ -63,7 +63,7 @@ def screening_run(tmp_path_factory):
     from sklearn.svm import SVC
 
     from cxrlab.models.multitask import MultiTaskNet, save_multitask_checkpoint
-    from cxrlab.pipelines.screening import save_screening_config, screening_config_from_dict, slug
+    from cxrlab.config.screening import save_screening_config, screening_config_from_dict, slug
 
     run = tmp_path_factory.mktemp("screen_run")
     cfg = screening_config_from_dict({
@@ -88,7 +88,7 @@ def screening_run(tmp_path_factory):
 
 def test_pneumothorax_adapter_matches_predict_masks(pneumothorax_run, phantom_images):
     from cxrlab.io import read_image
-    from cxrlab.pipelines.pneumothorax_cv import predict_masks
+    from cxrlab.inference.pneumothorax import predict_masks
 
     adapter = PneumothoraxAdapter(pneumothorax_run)
     assert adapter.model_name == "cascade" and adapter.row == "tta" and adapter.gate is not None
@@ -104,7 +104,7 @@ def test_pneumothorax_adapter_matches_predict_masks(pneumothorax_run, phantom_im
 
 def test_screening_adapter_matches_predict_screening(screening_run, phantom_images):
     from cxrlab.io import read_image
-    from cxrlab.pipelines.screening_report import predict_screening
+    from cxrlab.inference.screening import predict_screening
 
     adapter = ScreeningAdapter(screening_run)
     assert adapter.variant == "ensemble" and adapter.diseases == DISEASES

@@ -58,7 +58,7 @@ def images_cmd(
     """(default) Write CAM overlays (PNG) and maps (.npy) for every image and class."""
     from cxrlab.errors import SkipLog
     from cxrlab.explain.cam import explain_files
-    from cxrlab.pipelines.predict import iter_image_paths
+    from cxrlab.inference.classifier import iter_image_paths
 
     skips = SkipLog("skip" if skip_errors else "raise")
     table = explain_files(checkpoint, iter_image_paths(images), out, method=method, targets=target or None,

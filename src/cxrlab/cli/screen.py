@@ -59,7 +59,8 @@ def train_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No per-epoch lines."),
 ) -> None:
     """Train the per-disease ensemble (and the shared-encoder variant), fit the SVM, report."""
-    from cxrlab.pipelines.screening import load_screening_config, train_screening
+    from cxrlab.config.screening import load_screening_config
+    from cxrlab.tasks.screening.pipeline import train_screening
 
     cfg = load_screening_config(config, overrides or [])
     run_dir = train_screening(cfg, _reporter(quiet), overwrite=overwrite)
@@ -78,7 +79,8 @@ def evaluate_cmd(
              "validation images for this sensitivity (networks and SVM unchanged)."),
 ) -> None:
     """Re-score a run on its evaluation sets; rewrites predictions, tables and reports."""
-    from cxrlab.pipelines.screening_report import evaluate_screening, move_operating_point
+    from cxrlab.tasks.screening.evaluate import evaluate_screening
+    from cxrlab.tasks.screening.svm import move_operating_point
 
     report = (evaluate_screening(run_dir) if target_sensitivity is None
               else move_operating_point(run_dir, target_sensitivity))
@@ -99,8 +101,8 @@ def predict_cmd(
 ) -> None:
     """Per image: normal/abnormal, probability, most likely diseases, risk group."""
     from cxrlab.errors import SkipLog
-    from cxrlab.pipelines.predict import iter_image_paths
-    from cxrlab.pipelines.screening_report import predict_screening
+    from cxrlab.inference.classifier import iter_image_paths
+    from cxrlab.inference.screening import predict_screening
     from cxrlab.utils import atomic_write_text
 
     skips = SkipLog("skip" if skip_bad else "raise")
@@ -134,7 +136,7 @@ def demo_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No per-epoch lines."),
 ) -> None:
     """Phantoms, a small ensemble + shared variant trained on CPU, reports in OUT/report.json."""
-    from cxrlab.pipelines.screening_report import run_screening_demo
+    from cxrlab.tasks.screening.pipeline import run_screening_demo
 
     summary = run_screening_demo(out, n_images=n, n_external=n_external, size=size,
                                  overrides=overrides or [], report=_reporter(quiet),

@@ -35,7 +35,8 @@ def train_cmd(
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Show Lightning progress bars."),
 ) -> None:
     """Train the recipe's models (baseline U-Net, One Case U-Net + gate) and evaluate them."""
-    from cxrlab.pipelines.pneumothorax import load_pneumothorax_config, train
+    from cxrlab.config.pneumothorax import load_pneumothorax_config
+    from cxrlab.tasks.pneumothorax.train import train
 
     _quiet_lightning()
     cfg = load_pneumothorax_config(config, overrides or [])
@@ -55,7 +56,7 @@ def evaluate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json instead of the table."),
 ) -> None:
     """Tune post-processing on the validation split and score it on the test split."""
-    from cxrlab.pipelines.pneumothorax_cv import evaluate_run, parse_postprocess
+    from cxrlab.tasks.pneumothorax.evaluate import evaluate_run, parse_postprocess
 
     _quiet_lightning()
     rows, fixed = [], {}
@@ -82,8 +83,8 @@ def predict_cmd(
     row: str = typer.Option(None, "--postprocess", help="Tuned row to apply (default: best on validation)."),
 ) -> None:
     """Predict pneumothorax masks; write masks, overlays and optionally Kaggle RLE."""
-    from cxrlab.pipelines.pneumothorax_cv import export_predictions, predict_masks
-    from cxrlab.pipelines.predict import iter_image_paths
+    from cxrlab.inference.pneumothorax import export_predictions, predict_masks
+    from cxrlab.inference.classifier import iter_image_paths
 
     paths = iter_image_paths(images)
     predictions = predict_masks(run_dir, paths, model=model, row=row)
@@ -104,8 +105,8 @@ def cv_cmd(
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Show Lightning progress bars."),
 ) -> None:
     """K-fold cross-validation by patient of baseline and cascade; Table 5.1 layout, mean ± std."""
-    from cxrlab.pipelines.pneumothorax import load_pneumothorax_config
-    from cxrlab.pipelines.pneumothorax_cv import cross_validate
+    from cxrlab.config.pneumothorax import load_pneumothorax_config
+    from cxrlab.tasks.pneumothorax.cv import cross_validate
 
     _quiet_lightning()
     cfg = load_pneumothorax_config(config, overrides or [])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import typer
@@ -11,30 +10,9 @@ from rich.console import Console
 from rich.table import Table
 
 from cxrlab.cli.errors import user_errors
+from cxrlab.report.tables import auroc_table, fmt as _fmt
 
 console = Console()
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
-
-
-def auroc_table(metrics: dict, split: str, title: str | None = None) -> Table:
-    """A rich table of per-task AUROC with DeLong 95% CI for one split of metrics.json."""
-    block = metrics[split]
-    table = Table(title=title or f"{split} AUROC (study level, DeLong 95% CI)")
-    for column in ("task", "n", "positive", "AUROC", "95% CI", "sens@J", "spec@J"):
-        table.add_column(column, justify="left" if column == "task" else "right")
-    for task, report in block["tasks"].items():
-        youden = report.get("at_youden", {})
-        table.add_row(task, str(report.get("n", "")), str(report.get("n_positive", "")),
-                      _fmt(report.get("auroc")),
-                      f"{_fmt(report.get('auroc_ci_low'))}–{_fmt(report.get('auroc_ci_high'))}",
-                      _fmt(youden.get("sensitivity")), _fmt(youden.get("specificity")))
-    table.add_row("mean", "", "", _fmt(block.get("mean_auroc")), "", "", "", style="bold")
-    return table
 
 
 def _print_comparison(frame, run_a: Path, run_b: Path, split: str) -> None:
@@ -60,7 +38,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train a classifier from a recipe; writes a run directory and an MLflow run."""
         from cxrlab.config import load_config
-        from cxrlab.pipelines.classify import train
+        from cxrlab.tasks.classification.train import train
 
         cfg = load_config(config, overrides or [])
         run_dir = train(cfg, resume=resume, progress=progress)
@@ -79,7 +57,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
     ) -> None:
         """Score a run's best checkpoint; rewrites metrics.json, predictions and curves."""
-        from cxrlab.pipelines.classify import evaluate_run
+        from cxrlab.tasks.classification.train import evaluate_run
 
         metrics = evaluate_run(run_dir, splits=split or None, checkpoint=checkpoint)
         if as_json:
@@ -100,7 +78,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Per-image probabilities and decisions at the checkpoint's thresholds."""
         from cxrlab.errors import SkipLog
-        from cxrlab.pipelines.predict import iter_image_paths, predict_images
+        from cxrlab.inference.classifier import iter_image_paths, predict_images
         from cxrlab.utils import atomic_write_text
 
         skips = SkipLog("skip" if skip_bad else "raise")
@@ -128,7 +106,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Per-task ΔAUROC (B − A) with paired DeLong p-values on the shared studies."""
-        from cxrlab.pipelines.predict import compare_runs
+        from cxrlab.inference.classifier import compare_runs
 
         frame = compare_runs(run_a, run_b, split=split)
         if as_json:
@@ -147,7 +125,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train BCE and DAM on the same split and report ΔAUROC with paired DeLong tests."""
         from cxrlab.config import load_config
-        from cxrlab.pipelines.dam import bce_vs_dam
+        from cxrlab.tasks.classification.dam import bce_vs_dam
 
         bce = load_config(bce_config, overrides or [])
         dam = load_config(dam_config, overrides or [])
@@ -161,6 +139,6 @@ def register(app: typer.Typer) -> None:
         n: int = typer.Option(480, help="Phantom images to synthesize."),
     ) -> None:
         """Synthesize phantoms, train a small model on CPU, evaluate, predict a real DICOM."""
-        from cxrlab.pipelines.demo import run_demo
+        from cxrlab.tasks.classification.demo import run_demo
 
         run_demo(out, n_images=n, console=console)

@@ -34,8 +34,6 @@ import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -260,15 +258,6 @@ def generate_phantom(rng: np.random.Generator, size: int, findings: Iterable[str
                "body": render.body > 0.5}
     return Phantom(image=image, masks=masks, findings=names, anatomy=anatomy,
                    severity={k: p.severity[k] for k in names}, ctr=p.ctr)
-
-
-def write_dataset(layout: str, out: str | Path, n: int, size: int, seed: int,
-                  **options: Any) -> Path:
-    """Write ``n`` phantoms as dataset ``layout``; see
-    :func:`cxrlab.data.synthetic_layouts.write_dataset` (same arguments)."""
-    from cxrlab.data.synthetic_layouts import write_dataset as write
-
-    return write(layout, out, n, size, seed, **options)
 
 
 def _acquire(rng: np.random.Generator, density: np.ndarray, size: int, bits: int) -> np.ndarray:

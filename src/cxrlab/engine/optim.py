@@ -8,14 +8,54 @@ BatchNorm layers, as fastai's ``freeze()`` leaves them).
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from cxrlab.engine.module import OPTIMIZERS, SCHEDULES, OptimSpec
 from cxrlab.errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "radam", "sgd", "pesg")
+
+
+SCHEDULES = ("onecycle", "constant", "cosine")
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """Optimizer and schedule of one phase.
+
+    Attributes:
+        optimizer: One of :data:`OPTIMIZERS`.
+        lr_body: Maximum LR of the body (with ``freeze_body``: of what stays trainable
+            in it, its BatchNorm layers).
+        lr_head: Maximum LR of the head.
+        freeze_body: Train the head only.
+        betas: Adam betas.
+        momentum: SGD/PESG momentum.
+        weight_decay: Weight decay (decoupled for AdamW).
+        epoch_decay: PESG's epoch-level regularizer.
+        schedule: One of :data:`SCHEDULES`; ``onecycle`` also cycles momentum/beta1.
+        pct_start: Warm-up share of the one-cycle schedule.
+        total_steps: Optimizer steps in the phase (for the schedule); 0 = ask the
+            trainer (``estimated_stepping_batches``).
+        decay_epochs: Epochs of the phase at whose start the LR is divided by 10 (PESG:
+            ``update_regularizer``).
+    """
+
+    optimizer: str
+    lr_body: float
+    lr_head: float
+    freeze_body: bool
+    betas: tuple[float, float] = (0.9, 0.99)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    epoch_decay: float = 2e-3
+    schedule: str = "onecycle"
+    pct_start: float = 0.25
+    total_steps: int = 0
+    decay_epochs: tuple[int, ...] = ()
 
 
 def _split_decay(params: list[tuple[str, nn.Parameter]]) -> tuple[list, list]:
@@ -94,4 +134,3 @@ def build_optimizer(model: nn.Module, loss_fn: nn.Module, spec: OptimSpec) -> di
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from cxrlab.engine.callbacks import BestCheckpoints
-from cxrlab.engine.module import OptimSpec
+from cxrlab.engine.optim import OptimSpec
 from cxrlab.errors import ConfigError
 from cxrlab.metrics.segmentation import segmentation_summary
 from cxrlab.models.segmentation import foreground_logits

@@ -260,7 +260,7 @@ def explain_files(checkpoint: str | Path, paths: Sequence[str | Path], out_dir: 
         on_error: ``raise`` or ``skip`` unreadable images (recorded in ``skips``).
         skips: Collects skipped images.
     """
-    from cxrlab.pipelines.predict import image_tensor, load_predictor
+    from cxrlab.inference.classifier import image_tensor, load_predictor
 
     model, meta = load_predictor(checkpoint)
     labels = list(meta["labels"])

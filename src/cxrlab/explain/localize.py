@@ -292,7 +292,7 @@ def localize(checkpoint: str | Path, boxes_path: str | Path, images_dir: str | P
         ConfigError: No box maps to the model's classes, or no boxed image was found.
     """
     from cxrlab.explain.cam import heatmap
-    from cxrlab.pipelines.predict import load_predictor
+    from cxrlab.inference.classifier import load_predictor
 
     model, meta = load_predictor(checkpoint)
     labels = list(meta["labels"])

@@ -69,7 +69,7 @@ def cam_grid(study_dir: str | Path, boxes_path: str | Path, images_dir: str | Pa
     """
     from cxrlab.explain.cam import heatmap, overlay
     from cxrlab.explain.localize import prepared_input
-    from cxrlab.pipelines.predict import load_predictor
+    from cxrlab.inference.classifier import load_predictor
 
     study_dir = Path(study_dir)
     runs, boxes, found = _boxed_classes(study_dir, boxes_path, images_dir, classes)

@@ -4,8 +4,8 @@
 given, the pneumothorax cascade (seed 002: gate classifier + U-Net, tuned
 post-processing) and the normal-screening ensemble (seed 003: per-disease networks +
 SVM at its stored operating point). The pipelines' own prediction functions
-(:func:`cxrlab.pipelines.pneumothorax_cv.predict_masks`,
-:func:`cxrlab.pipelines.screening_report.predict_screening`) load their networks on
+(:func:`cxrlab.tasks.pneumothorax.evaluate.predict_masks`,
+:func:`cxrlab.tasks.screening.evaluate.predict_screening`) load their networks on
 every call; the adapters here load the same files once, through the same public
 loaders, and run the same steps per image. Everything beyond the classifier is
 imported lazily, so the service starts without those modules when their runs are not
@@ -133,7 +133,7 @@ class ClassifierAdapter:
     """
 
     def __init__(self, path: str | Path, kind: str = "classifier") -> None:
-        from cxrlab.pipelines.predict import load_predictor, resolve_checkpoint
+        from cxrlab.inference.classifier import load_predictor, resolve_checkpoint
 
         checkpoint = resolve_checkpoint(path)
         self.model, self.meta = load_predictor(checkpoint)
@@ -167,17 +167,17 @@ class ClassifierAdapter:
 
 
 class PneumothoraxAdapter:
-    """A pneumothorax run directory (:mod:`cxrlab.pipelines.pneumothorax`), loaded once.
+    """A pneumothorax run directory (:mod:`cxrlab.tasks.pneumothorax.train`), loaded once.
 
     Uses the ``cascade`` model (gate + One Case U-Net) with its tuned post-processing
     when the run has it, else the ``baseline`` U-Net; the same steps as
-    :func:`cxrlab.pipelines.pneumothorax_cv.predict_masks`.
+    :func:`cxrlab.tasks.pneumothorax.evaluate.predict_masks`.
     """
 
     def __init__(self, run_dir: str | Path) -> None:
         from cxrlab.models.segmentation import load_segmentation_checkpoint
-        from cxrlab.pipelines.pneumothorax import gate_checkpoint
-        from cxrlab.pipelines.pneumothorax_cv import choose_postprocess
+        from cxrlab.inference.pneumothorax import gate_checkpoint
+        from cxrlab.inference.pneumothorax import choose_postprocess
 
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
@@ -222,7 +222,7 @@ class PneumothoraxAdapter:
         pneumothorax (the gate's, or the U-Net's highest pixel probability without one)."""
         from cxrlab.data.transforms import PreprocessConfig
         from cxrlab.models.segmentation import foreground_probability
-        from cxrlab.pipelines.postprocess import hflip_tta, restore_mask
+        from cxrlab.inference.postprocess import hflip_tta, restore_mask
 
         def probability(images: torch.Tensor) -> torch.Tensor:
             return foreground_probability(self.unet(images))
@@ -239,16 +239,17 @@ class PneumothoraxAdapter:
 
 
 class ScreeningAdapter:
-    """A normal-screening run directory (:mod:`cxrlab.pipelines.screening`), loaded once.
+    """A normal-screening run directory (:mod:`cxrlab.tasks.screening.train`), loaded once.
 
-    The same steps as :func:`cxrlab.pipelines.screening_report.predict_screening`: the
+    The same steps as :func:`cxrlab.tasks.screening.evaluate.predict_screening`: the
     variant's networks give logits, the SVM a score, the stored operating point the
     decision and (Platt) the abnormal probability, the configured risk groups the group.
     """
 
     def __init__(self, run_dir: str | Path, variant: str | None = None, top: int = 3) -> None:
-        from cxrlab.pipelines.screening import load_screening_config, load_variant, slug
-        from cxrlab.pipelines.screening_report import load_second_classifier
+        from cxrlab.config.screening import load_screening_config, slug
+        from cxrlab.inference.screening import load_variant
+        from cxrlab.inference.screening import load_second_classifier
 
         run_dir = Path(run_dir)
         self.cfg = load_screening_config(run_dir / "config.yaml")
@@ -278,7 +279,7 @@ class ScreeningAdapter:
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> dict[str, Any]:
         """Decision, abnormal probability, threshold, SVM score, likely diseases, risk group."""
-        from cxrlab.pipelines.screening_report import abnormal_probability
+        from cxrlab.inference.screening import abnormal_probability
 
         k = self.cfg.model.num_classes
         logits = np.concatenate([net(x[None], reconstruct=False)[0].reshape(1, -1, k).numpy()

@@ -27,6 +27,13 @@ DATASETS: dict[str, type[XrayDataset]] = {
 }
 
 
+def path_options(name: str | None = None) -> tuple[str, ...]:
+    """The path-valued options of dataset ``name`` (of every registered dataset when None)."""
+    if name is not None:
+        return DATASETS[name].path_options() if name in DATASETS else ()
+    return tuple(dict.fromkeys(key for cls in DATASETS.values() for key in cls.path_options()))
+
+
 def load_dataset(name: str, **kwargs: Any) -> XrayDataset:
     """Build the adapter registered as ``name`` with its constructor's keyword arguments.
 
@@ -46,5 +53,5 @@ def load_dataset(name: str, **kwargs: Any) -> XrayDataset:
     return cls(**kwargs)
 
 
-__all__ = ["DATASETS", "XrayDataset", "load_dataset", "ChexpertDataset", "MimicDataset",
+__all__ = ["DATASETS", "path_options", "XrayDataset", "load_dataset", "ChexpertDataset", "MimicDataset",
            "NihDataset", "SiimDataset", "FolderDataset", "VindrDataset", "GenericDataset"]

@@ -212,6 +212,15 @@ class XrayDataset:
 
     name: ClassVar[str] = "base"
 
+    @classmethod
+    def path_options(cls) -> tuple[str, ...]:
+        """The constructor's path-valued options, the main CSV first (recipes resolve these
+        against the recipe's folder; commands check they exist)."""
+        import inspect
+
+        return tuple(key for key, param in inspect.signature(cls.__init__).parameters.items()
+                     if "Path" in str(param.annotation))
+
     pathologies: list[str]
     table: pd.DataFrame
     raw_labels: np.ndarray

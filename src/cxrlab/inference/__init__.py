@@ -1,0 +1,1 @@
+"""Prediction from trained runs, one predictor per task kind; never imports training code."""

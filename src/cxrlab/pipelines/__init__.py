@@ -1,1 +1,0 @@
-"""cxrlab.pipelines."""

@@ -1,0 +1,1 @@
+"""Task packages: recipe -> data -> train -> evaluate -> cv/ablations -> demo, one per task."""

@@ -1,0 +1,1 @@
+"""Multi-label chest-radiograph classification (CheXpert, seeds 000/001)."""

@@ -1,0 +1,1 @@
+"""Pneumothorax segmentation: baseline U-Net vs the classifier-gated cascade (seed 002)."""

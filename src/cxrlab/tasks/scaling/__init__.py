@@ -1,0 +1,1 @@
+"""Resolution and model-scaling studies (seed 001): plan, execution, executors."""

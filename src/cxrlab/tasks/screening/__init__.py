@@ -1,0 +1,1 @@
+"""Normal screening: per-disease multi-task ensemble and an SVM (seed 003)."""
