@@ -82,7 +82,7 @@ def _copy_small(src: Path, dst: Path) -> None:
 
 
 def _derived(src: Path, dst: Path, loss: str, seed: int, noise: float) -> Path:
-    from cxrlab.tasks.classification.train import score_predictions
+    from cxrlab.tasks.classification.evaluate import score_predictions
     from cxrlab.report.curves import save_roc_pr_curves
     from cxrlab.utils import atomic_write_json
 

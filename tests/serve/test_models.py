@@ -19,12 +19,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cxrlab.serve.app import StudyResult, create_app
-from cxrlab.serve.models import ModelSet, PneumothoraxAdapter, ScreeningAdapter
+from cxrlab.inference.pneumothorax import PneumothoraxPredictor
+from cxrlab.inference.screening import ScreeningPredictor
+from cxrlab.serve.models import ModelSet
 
-# The adapters wrap the pneumothorax (issue 5) and screening (issue 6) pipelines; until
-# those land in a checkout, there is nothing to compare against.
-pytest.importorskip("cxrlab.tasks.pneumothorax.evaluate", reason="the pneumothorax pipeline is not in this checkout")
-pytest.importorskip("cxrlab.tasks.screening.evaluate", reason="the screening pipeline is not in this checkout")
 
 DISEASES = ["Pneumothorax", "Cardiomegaly"]
 
@@ -86,31 +84,32 @@ def screening_run(tmp_path_factory):
     return run
 
 
-def test_pneumothorax_adapter_matches_predict_masks(pneumothorax_run, phantom_images):
-    from cxrlab.io import read_image
+def test_pneumothorax_predictor_one_image_matches_the_batch_path(pneumothorax_run, phantom_images):
+    """The service predicts one image at a time; `seg predict` in batches: the same masks."""
     from cxrlab.inference.pneumothorax import predict_masks
+    from cxrlab.io import read_image
 
-    adapter = PneumothoraxAdapter(pneumothorax_run)
+    adapter = PneumothoraxPredictor.from_run_dir(pneumothorax_run)
     assert adapter.model_name == "cascade" and adapter.row == "tta" and adapter.gate is not None
-    for path in phantom_images[1:3]:
-        expected = predict_masks(pneumothorax_run, [path])[0]
+    batch = predict_masks(pneumothorax_run, phantom_images[:4], batch_size=4)
+    for path, expected in zip(phantom_images[1:3], batch[1:3]):
         pixels = read_image(path).pixels
-        mask, probability = adapter.predict(*adapter.inputs(pixels), pixels.shape)
+        mask, probability = adapter.predict(pixels)
         assert mask.shape == pixels.shape == expected.mask.shape
         assert np.array_equal(mask, expected.mask)
         assert probability == pytest.approx(expected.gate_probability, abs=1e-6)
     assert expected.mask.any(), "the biased U-Net should mark some pixels"
 
 
-def test_screening_adapter_matches_predict_screening(screening_run, phantom_images):
-    from cxrlab.io import read_image
+def test_screening_predictor_matches_the_file_path(screening_run, phantom_images):
     from cxrlab.inference.screening import predict_screening
+    from cxrlab.io import read_image
 
-    adapter = ScreeningAdapter(screening_run)
+    adapter = ScreeningPredictor.from_run_dir(screening_run)
     assert adapter.variant == "ensemble" and adapter.diseases == DISEASES
     expected = predict_screening(screening_run, phantom_images[:3])
     for path, (_, row) in zip(phantom_images[:3], expected.iterrows()):
-        got = adapter.predict(adapter.tensor(read_image(path).pixels))
+        got = adapter.predict(read_image(path).pixels)
         assert got["decision"] == row["decision"] and got["risk_group"] == row["risk_group"]
         assert got["probability"] == pytest.approx(row["abnormal_probability"], abs=1e-6)
         assert got["svm_score"] == pytest.approx(row["svm_score"], abs=1e-6)

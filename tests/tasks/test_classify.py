@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from cxrlab.errors import ConfigError
-from cxrlab.tasks.classification.train import evaluate_run, train
-from cxrlab.inference.classifier import compare_runs, predict_images
+from cxrlab.tasks.classification.evaluate import evaluate_run
+from cxrlab.tasks.classification.train import train
+from cxrlab.inference.classifier import predict_images
+from cxrlab.report.compare import compare_runs
 
 
 def _weights(path):

@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print metrics as JSON."),
     ) -> None:
         """Score a run's best checkpoint; rewrites metrics.json, predictions and curves."""
-        from cxrlab.tasks.classification.train import evaluate_run
+        from cxrlab.tasks.classification.evaluate import evaluate_run
 
         metrics = evaluate_run(run_dir, splits=split or None, checkpoint=checkpoint)
         if as_json:
@@ -106,7 +106,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Per-task ΔAUROC (B − A) with paired DeLong p-values on the shared studies."""
-        from cxrlab.inference.classifier import compare_runs
+        from cxrlab.report.compare import compare_runs
 
         frame = compare_runs(run_a, run_b, split=split)
         if as_json:

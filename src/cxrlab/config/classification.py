@@ -33,11 +33,14 @@ Policy = Literal["ones", "zeros", "ignore", "multiclass"]
 Normalization = Literal["imagenet", "xrv", "unit"]
 OnError = Literal["raise", "skip"]
 Head = Literal["concat", "linear"]
-LossName = Literal["bce", "focal", "aucm", "softf1", "ce"]
+LossName = Literal["bce", "focal", "aucm", "softf1", "ce",
+                   # the U-Nets' (cxrlab.losses.segmentation), which share this train section
+                   "dice", "jaccard", "iou", "tversky", "focal_tversky", "lovasz", "combo", "weighted_sum",
+                   "bce_dice_focal"]
 Optimizer = Literal["adam", "adamw", "radam", "sgd", "pesg"]
 Schedule = Literal["onecycle", "constant", "cosine"]
 Precision = Literal["32", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64", "64-true"]
-Monitor = Literal["auroc", "loss"]
+Monitor = Literal["auroc", "loss", "dice_per_image", "dice"]
 
 
 CHEXPERT_COMPETITION_TASKS = (

@@ -26,11 +26,20 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pytorch_grad_cam import (EigenCAM, EigenGradCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM,
-                              ScoreCAM, XGradCAM)
+from pytorch_grad_cam import (
+    EigenCAM,
+    EigenGradCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from cxrlab.errors import ConfigError, InputError, SkipLog
+from cxrlab.inference.classifier import ClassifierPredictor
 from cxrlab.utils import atomic_write
 
 
@@ -260,10 +269,8 @@ def explain_files(checkpoint: str | Path, paths: Sequence[str | Path], out_dir: 
         on_error: ``raise`` or ``skip`` unreadable images (recorded in ``skips``).
         skips: Collects skipped images.
     """
-    from cxrlab.inference.classifier import image_tensor, load_predictor
-
-    model, meta = load_predictor(checkpoint)
-    labels = list(meta["labels"])
+    predictor = ClassifierPredictor.from_run_dir(checkpoint)
+    model, labels = predictor.model, predictor.labels
     indices = [class_index(t, labels) for t in targets] if targets else list(range(len(labels)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -271,7 +278,7 @@ def explain_files(checkpoint: str | Path, paths: Sequence[str | Path], out_dir: 
     rows: list[dict[str, Any]] = []
     for path in paths:
         try:
-            tensor = image_tensor(path, meta)
+            tensor = predictor.tensor_from_path(path)
         except InputError as err:
             skips.handle(err)
             continue

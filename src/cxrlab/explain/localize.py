@@ -33,7 +33,14 @@ import numpy as np
 import pandas as pd
 
 from cxrlab.data.datasets.nih import NIH_IMAGE_SIZE, NIH_TO_CHEXPERT, read_nih_boxes
-from cxrlab.errors import ConfigError, CSVFormatError, InputError, MissingFileError, SkipLog
+from cxrlab.errors import (
+    ConfigError,
+    CSVFormatError,
+    InputError,
+    MissingFileError,
+    SkipLog,
+)
+from cxrlab.inference.classifier import ClassifierPredictor
 from cxrlab.utils import atomic_write, atomic_write_text
 
 SEED001_SHARED = {nih: NIH_TO_CHEXPERT[nih] for nih in ("Atelectasis", "Cardiomegaly", "Effusion")}
@@ -292,9 +299,8 @@ def localize(checkpoint: str | Path, boxes_path: str | Path, images_dir: str | P
         ConfigError: No box maps to the model's classes, or no boxed image was found.
     """
     from cxrlab.explain.cam import heatmap
-    from cxrlab.inference.classifier import load_predictor
-
-    model, meta = load_predictor(checkpoint)
+    predictor = ClassifierPredictor.from_run_dir(checkpoint)
+    model, meta = predictor.model, predictor.meta
     labels = list(meta["labels"])
     boxes = map_to_model(read_boxes(boxes_path), labels, classes)
     if boxes.empty:

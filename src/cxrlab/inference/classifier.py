@@ -1,9 +1,9 @@
-"""Predict images with a trained checkpoint, and compare two runs on the same cases."""
+"""Classifier prediction: one loaded checkpoint, many images."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cxrlab.data.transforms import PreprocessConfig, preprocess, to_tensor
 from cxrlab.errors import ConfigError, InputError, MissingFileError, SkipLog
+from cxrlab.inference.base import ModelInfo, file_version, iter_image_paths
+from cxrlab.io import read_image
 
 log = logging.getLogger(__name__)
 
@@ -26,111 +29,115 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_predictor(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Model in eval mode plus its metadata."""
-    from cxrlab.models.weights import load_model_checkpoint
+class ClassifierPredictor:
+    """A trained classifier, loaded once: preprocessing, probabilities, decisions, CAM model.
 
-    model, meta = load_model_checkpoint(resolve_checkpoint(checkpoint))
-    return model.eval(), meta
+    ``from_run_dir`` reads a checkpoint (or a run directory's ``best_auroc.pt``) and its
+    metadata (labels, input size, preprocessing, normalization, thresholds); ``predict``
+    then maps decoded pixels to per-label probabilities many times. Training's evaluation,
+    ``cxrlab predict``, explain, the pneumothorax gate and the service all go through it.
+
+    Args:
+        model: The network (put in eval mode).
+        meta: The checkpoint's metadata.
+        info: What responses say about the model.
+    """
+
+    def __init__(self, model: torch.nn.Module, meta: dict[str, Any], info: ModelInfo | None = None) -> None:
+        self.model = model.eval()
+        self.meta = meta
+        self.labels: list[str] = [str(label) for label in meta.get("labels") or []]
+        if not self.labels or len(self.labels) != int(meta.get("num_classes", len(self.labels))):
+            raise ConfigError(info.files[0] if info else "checkpoint",
+                              "the checkpoint's metadata lists no labels for its outputs")
+        stored = meta.get("thresholds") or {}
+        self.thresholds = {label: float(stored.get(label, 0.5)) for label in self.labels}
+        self.preprocessing = PreprocessConfig.from_dict(meta["preprocessing"])
+        self.info = info or ModelInfo(kind="classifier", name=str(meta.get("run_name", "")), version="", files=())
+
+    @classmethod
+    def from_run_dir(cls, path: str | Path, kind: str = "classifier") -> ClassifierPredictor:
+        """Load a ``.pt`` checkpoint or a classification run directory.
+
+        Raises:
+            MissingFileError: No such checkpoint. ConfigError: Metadata without labels.
+        """
+        from cxrlab.models.weights import load_model_checkpoint
+
+        checkpoint = resolve_checkpoint(path)
+        model, meta = load_model_checkpoint(checkpoint)
+        name = meta.get("run_name") or (Path(path).name if Path(path).is_dir() else checkpoint.stem)
+        info = ModelInfo(kind=kind, name=str(name), version=file_version([checkpoint]), files=(str(checkpoint),),
+                         details={"arch": meta.get("arch"), "labels": [str(x) for x in meta.get("labels") or []],
+                                  "input_size": meta.get("input_size")})
+        return cls(model, meta, info)
+
+    def tensor(self, pixels: np.ndarray) -> torch.Tensor:
+        """The ``(C, S, S)`` model input for decoded pixels, preprocessed as in training."""
+        return to_tensor(preprocess(pixels, self.preprocessing), channels=int(self.meta["in_chans"]),
+                         normalization=self.meta["normalization"])
+
+    def tensor_from_path(self, path: str | Path) -> torch.Tensor:
+        """Read one image (DICOM/PNG/JPEG) and preprocess it (:meth:`tensor`)."""
+        return self.tensor(read_image(path).pixels)
+
+    @torch.no_grad()
+    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
+        """Sigmoid probabilities ``[N, K]`` of a ``(N, C, S, S)`` batch of model inputs."""
+        return torch.sigmoid(self.model(batch).float()).cpu().numpy()
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities ``[K]`` of one decoded image."""
+        return self.probabilities(self.tensor(pixels)[None])[0]
+
+    def findings(self, probs: np.ndarray) -> list[dict[str, Any]]:
+        """One dict per label: probability, threshold and the decision at it."""
+        return [{"label": label, "probability": float(p), "threshold": self.thresholds[label],
+                 "positive": bool(p >= self.thresholds[label])} for label, p in zip(self.labels, probs)]
+
+    def predict_paths(self, paths: Sequence[str | Path], batch_size: int = 8,
+                      skips: SkipLog | None = None) -> pd.DataFrame:
+        """Per-image probabilities and decisions at the stored thresholds.
+
+        Returns:
+            One row per readable image: ``path``, ``prob_<label>`` and ``pred_<label>``;
+            unreadable images are handled by ``skips`` (raise by default, or counted).
+        """
+        skips = skips if skips is not None else SkipLog("raise")
+        rows: list[dict[str, Any]] = []
+        kept: list[str] = []
+        tensors: list[torch.Tensor] = []
+
+        def flush() -> None:
+            if not tensors:
+                return
+            for path, p in zip(kept, self.probabilities(torch.stack(tensors))):
+                row: dict[str, Any] = {"path": path}
+                for k, name in enumerate(self.labels):
+                    row[f"prob_{name}"] = float(p[k])
+                    row[f"pred_{name}"] = int(p[k] >= self.thresholds[name])
+                rows.append(row)
+            kept.clear()
+            tensors.clear()
+
+        for path in paths:
+            try:
+                tensors.append(self.tensor_from_path(path))
+                kept.append(str(path))
+            except InputError as err:
+                skips.handle(err)
+            if len(tensors) >= batch_size:
+                flush()
+        flush()
+        columns = ["path"] + [f"{kind}_{n}" for n in self.labels for kind in ("prob", "pred")]
+        return pd.DataFrame(rows, columns=columns)
 
 
-def image_tensor(path: str | Path, meta: dict[str, Any]) -> torch.Tensor:
-    """Read and preprocess one image exactly as the checkpoint's training data was."""
-    from cxrlab.data.transforms import PreprocessConfig, preprocess, to_tensor
-    from cxrlab.io import read_image
-
-    image = read_image(path)
-    cfg = PreprocessConfig.from_dict(meta["preprocessing"])
-    return to_tensor(preprocess(image.pixels, cfg), channels=meta["in_chans"],
-                     normalization=meta["normalization"])
-
-
-@torch.no_grad()
 def predict_images(checkpoint: str | Path, paths: Sequence[str | Path], batch_size: int = 8,
                    on_error: str = "raise", skips: SkipLog | None = None) -> pd.DataFrame:
-    """Per-image probabilities and decisions at the checkpoint's stored thresholds.
-
-    Returns:
-        One row per readable image: ``path``, ``prob_<label>`` and ``pred_<label>``.
-        With ``on_error="skip"`` unreadable images are left out and recorded in
-        ``skips``.
-    """
-    model, meta = load_predictor(checkpoint)
-    labels: list[str] = list(meta["labels"])
-    thresholds = meta.get("thresholds", {})
-    skips = skips if skips is not None else SkipLog(on_error)
-    rows: list[dict[str, Any]] = []
-    kept: list[str] = []
-    tensors: list[torch.Tensor] = []
-
-    def flush() -> None:
-        if not tensors:
-            return
-        probs = torch.sigmoid(model(torch.stack(tensors)).float()).numpy()
-        for path, p in zip(kept, probs):
-            row: dict[str, Any] = {"path": path}
-            for k, name in enumerate(labels):
-                row[f"prob_{name}"] = float(p[k])
-                row[f"pred_{name}"] = int(p[k] >= float(thresholds.get(name, 0.5)))
-            rows.append(row)
-        kept.clear()
-        tensors.clear()
-
-    for path in paths:
-        try:
-            tensors.append(image_tensor(path, meta))
-            kept.append(str(path))
-        except InputError as err:
-            skips.handle(err)
-        if len(tensors) >= batch_size:
-            flush()
-    flush()
-    columns = ["path"] + [f"{kind}_{n}" for n in labels for kind in ("prob", "pred")]
-    return pd.DataFrame(rows, columns=columns)
+    """:meth:`ClassifierPredictor.predict_paths` of a checkpoint or run directory."""
+    return ClassifierPredictor.from_run_dir(checkpoint).predict_paths(
+        paths, batch_size=batch_size, skips=skips if skips is not None else SkipLog(on_error))
 
 
-def _predictions(run_dir: Path, split: str) -> pd.DataFrame:
-    path = Path(run_dir) / f"predictions_{split}.csv"
-    if not path.is_file():
-        raise MissingFileError(path, f"no {split} predictions; run `cxrlab evaluate {run_dir} --split {split}`")
-    return pd.read_csv(path, dtype={"study_id": str})
-
-
-def compare_runs(run_a: str | Path, run_b: str | Path, split: str = "test") -> pd.DataFrame:
-    """Per-task AUROC of two runs on their shared studies, ΔAUROC (B − A), paired DeLong p.
-
-    Raises:
-        ConfigError: The runs share no studies or no tasks (different splits/data).
-    """
-    from cxrlab.metrics.classification import delong_paired_test
-
-    a, b = _predictions(Path(run_a), split), _predictions(Path(run_b), split)
-    merged = a.merge(b, on="study_id", suffixes=("_a", "_b"))
-    if merged.empty:
-        raise ConfigError(f"{run_a} vs {run_b}", f"the runs share no {split} studies (different data or split_seed)")
-    tasks = [c[len("prob_"):] for c in a.columns if c.startswith("prob_") and c in b.columns]
-    if not tasks:
-        raise ConfigError(f"{run_a} vs {run_b}", "the runs share no tasks")
-    rows = []
-    for task in tasks:
-        y_a, y_b = merged[f"label_{task}_a"].to_numpy(float), merged[f"label_{task}_b"].to_numpy(float)
-        keep = ~np.isnan(y_a) & (np.isnan(y_b) | (y_a == y_b))
-        y = y_a[keep]
-        auc_a, auc_b, z, p = delong_paired_test(y, merged[f"prob_{task}_a"].to_numpy(float)[keep],
-                                                merged[f"prob_{task}_b"].to_numpy(float)[keep])
-        rows.append({"task": task, "n": int(keep.sum()), "n_positive": int(np.sum(y == 1)),
-                     "auroc_a": auc_a, "auroc_b": auc_b, "delta_auroc": auc_b - auc_a, "z": z, "p_value": p})
-    return pd.DataFrame(rows)
-
-
-def iter_image_paths(items: Iterable[str | Path]) -> list[Path]:
-    """Expand folders to the DICOM/PNG/JPEG files inside them (sorted)."""
-    suffixes = {".dcm", ".dicom", ".png", ".jpg", ".jpeg"}
-    paths: list[Path] = []
-    for item in items:
-        item = Path(item)
-        if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in suffixes)
-        else:
-            paths.append(item)
-    return paths
+__all__ = ["ClassifierPredictor", "iter_image_paths", "predict_images", "resolve_checkpoint"]

@@ -15,7 +15,16 @@ import torch
 import yaml
 
 from cxrlab.config.pneumothorax import MODELS
+from cxrlab.data.transforms import PreprocessConfig, preprocess, to_tensor
 from cxrlab.errors import ConfigError, MissingFileError
+from cxrlab.inference.base import ModelInfo, file_version
+from cxrlab.inference.classifier import ClassifierPredictor
+from cxrlab.inference.postprocess import Postprocess, hflip_tta, restore_mask
+from cxrlab.io import read_image
+from cxrlab.models.segmentation import (
+    foreground_probability,
+    load_segmentation_checkpoint,
+)
 from cxrlab.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -58,10 +67,8 @@ class MaskPrediction:
     gate_probability: float | None
 
 
-def choose_postprocess(run_dir: Path, model: str, row: str | None = None) -> tuple[str, Any]:
+def choose_postprocess(run_dir: Path, model: str, row: str | None = None) -> tuple[str, Postprocess]:
     """The tuned post-processing of ``model`` (``row``, or the best validation score)."""
-    from cxrlab.inference.postprocess import Postprocess
-
     path = Path(run_dir) / "postprocess.json"
     if not path.is_file():
         raise MissingFileError(path, "no tuned post-processing; run `cxrlab seg evaluate` first")
@@ -77,51 +84,131 @@ def choose_postprocess(run_dir: Path, model: str, row: str | None = None) -> tup
     return row, Postprocess.from_dict(values)
 
 
-@torch.no_grad()
+class PneumothoraxPredictor:
+    """A pneumothorax run, loaded once: U-Net, tuned post-processing and (cascade) the gate.
+
+    Each image is preprocessed as the U-Net's training data was, predicted (with flip TTA
+    when the post-processing asks for it), post-processed, gated (cascade: the gate
+    classifier's decision empties the mask of a negative image) and mapped back onto the
+    source image (padding removed, source size).
+
+    Args:
+        unet: The U-Net (eval mode). meta: Its checkpoint metadata.
+        post: The tuned post-processing; row: its Table 5.1 row name.
+        model: ``baseline`` or ``cascade``. gate: The gate predictor (cascade only).
+        info: What responses say about the model.
+    """
+
+    def __init__(self, unet: torch.nn.Module, meta: dict[str, Any], post: Postprocess, row: str, model: str,
+                 gate: ClassifierPredictor | None, info: ModelInfo) -> None:
+        self.unet = unet.eval()
+        self.meta = meta
+        self.post = post
+        self.row = row
+        self.model_name = model
+        self.gate = gate
+        self.info = info
+        self.preprocessing = PreprocessConfig.from_dict(meta["preprocessing"])
+        if gate is not None and "Pneumothorax" not in gate.labels:
+            raise ConfigError(gate.info.files[0] if gate.info.files else "gate",
+                              f"the gate predicts {gate.labels}, not Pneumothorax")
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path, model: str | None = None,
+                     row: str | None = None) -> PneumothoraxPredictor:
+        """Load a pneumothorax run directory.
+
+        Args:
+            run_dir: The run (``cxrlab seg train``), evaluated (``postprocess.json``).
+            model: ``cascade`` or ``baseline``; None = the cascade when the run has a gate
+                and a tuned cascade, else the baseline.
+            row: The post-processing row; None = the best on validation.
+
+        Raises:
+            MissingFileError: No such run, checkpoint or tuned post-processing.
+            ConfigError: Unknown model or row.
+        """
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise MissingFileError(run_dir, "pneumothorax run directory not found")
+        if model is not None and model not in MODELS:
+            raise ConfigError("--model", f"unknown model {model!r}; choose from {MODELS}")
+        if model is None:
+            try:
+                gate_path: Path | None = gate_checkpoint(run_dir)
+            except MissingFileError:
+                gate_path = None
+            model = "cascade" if gate_path is not None and gate_path.is_file() else "baseline"
+            try:
+                chosen, post = choose_postprocess(run_dir, model, row)
+            except ConfigError:
+                if model != "cascade":
+                    raise
+                model = "baseline"
+                chosen, post = choose_postprocess(run_dir, model, row)
+        else:
+            chosen, post = choose_postprocess(run_dir, model, row)
+        unet_path = run_dir / ("baseline" if model == "baseline" else "one_case") / "best.pt"
+        unet, meta = load_segmentation_checkpoint(unet_path)
+        gate = (ClassifierPredictor.from_run_dir(gate_checkpoint(run_dir), kind="pneumothorax-gate")
+                if model == "cascade" else None)
+        files = [unet_path] + ([Path(gate.info.files[0])] if gate is not None else [])
+        info = ModelInfo(kind="pneumothorax", name=run_dir.name, version=file_version(files),
+                         files=tuple(map(str, files)),
+                         details={"model": model, "postprocess": chosen, "encoder": meta.get("encoder")})
+        return cls(unet, meta, post, chosen, model, gate, info)
+
+    def tensor(self, pixels: np.ndarray) -> torch.Tensor:
+        """The U-Net's ``(C, S, S)`` input for decoded pixels."""
+        return to_tensor(preprocess(pixels, self.preprocessing), channels=int(self.meta["in_chans"]),
+                         normalization=self.meta["normalization"])
+
+    @torch.no_grad()
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Foreground probabilities ``(N, 1, S, S)`` of a batch, with flip TTA when tuned so."""
+
+        def probability(images: torch.Tensor) -> torch.Tensor:
+            return foreground_probability(self.unet(images))
+
+        return hflip_tta(probability, batch) if self.post.tta else probability(batch)
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, float, float | None]]:
+        """``(mask, probability, gate probability)`` per decoded image.
+
+        ``mask`` is boolean at the source size; ``probability`` is the gate's probability of
+        pneumothorax (cascade) or the U-Net's highest pixel probability (baseline).
+        """
+        probs = self.probabilities(torch.stack([self.tensor(pixels) for pixels in images]))
+        gate = None
+        if self.gate is not None:
+            column = self.gate.labels.index("Pneumothorax")
+            gate = self.gate.probabilities(torch.stack([self.gate.tensor(pixels) for pixels in images]))[:, column]
+        masks = self.post.masks(probs[:, 0].numpy(), gate)
+        out = []
+        for j, pixels in enumerate(images):
+            mask = restore_mask(masks[j], pixels.shape, self.preprocessing.pad_square)
+            p = float(gate[j]) if gate is not None else float(probs[j].max())
+            out.append((mask, p, None if gate is None else float(gate[j])))
+        return out
+
+    def predict(self, pixels: np.ndarray) -> tuple[np.ndarray, float]:
+        """``(mask, probability)`` of one decoded image (see :meth:`predict_batch`)."""
+        mask, probability, _ = self.predict_batch([pixels])[0]
+        return mask, probability
+
+
 def predict_masks(run_dir: str | Path, paths: Sequence[str | Path], model: str = "cascade",
                   row: str | None = None, batch_size: int = 8) -> list[MaskPrediction]:
-    """Masks for images (DICOM/PNG/JPEG) with a run's model and tuned post-processing.
-
-    Each image is preprocessed as the U-Net's training data was, predicted (with flip
-    TTA when the post-processing asks for it), post-processed, gated (cascade) and
-    mapped back onto the source image (padding removed, source size).
-    """
-    from cxrlab.data.transforms import PreprocessConfig, preprocess, to_tensor
-    from cxrlab.inference.classifier import predict_images
-    from cxrlab.inference.postprocess import hflip_tta, restore_mask
-    from cxrlab.io import read_image
-    from cxrlab.models.segmentation import (
-        foreground_probability,
-        load_segmentation_checkpoint,
-    )
-
-    run_dir = Path(run_dir)
-    if model not in MODELS:
-        raise ConfigError("--model", f"unknown model {model!r}; choose from {MODELS}")
-    _, post = choose_postprocess(run_dir, model, row)
-    unet, meta = load_segmentation_checkpoint(run_dir / ("baseline" if model == "baseline" else "one_case") / "best.pt")
-    pcfg = PreprocessConfig.from_dict(meta["preprocessing"])
-    gates = None
-    if model == "cascade":
-        gates = predict_images(gate_checkpoint(run_dir), list(paths))["prob_Pneumothorax"].to_numpy()
-
-    def probability(images: torch.Tensor) -> torch.Tensor:
-        return foreground_probability(unet(images))
-
+    """Masks for images (DICOM/PNG/JPEG) with a run's model and tuned post-processing
+    (:class:`PneumothoraxPredictor`, batches of ``batch_size``)."""
+    predictor = PneumothoraxPredictor.from_run_dir(run_dir, model=model, row=row)
     out: list[MaskPrediction] = []
     for start in range(0, len(paths), batch_size):
         chunk = [read_image(p) for p in paths[start:start + batch_size]]
-        x = torch.stack([to_tensor(preprocess(img.pixels, pcfg), channels=meta["in_chans"],
-                                   normalization=meta["normalization"]) for img in chunk])
-        probs = hflip_tta(probability, x) if post.tta else probability(x)
-        gate = None if gates is None else gates[start:start + len(chunk)]
-        masks = post.masks(probs[:, 0].numpy(), gate)
-        for j, img in enumerate(chunk):
+        for j, (img, (mask, _, gate)) in enumerate(zip(chunk, predictor.predict_batch([c.pixels for c in chunk]))):
             path = str(paths[start + j])
-            out.append(MaskPrediction(
-                path=path, image_id=img.meta.sop_instance_uid or Path(path).stem,
-                mask=restore_mask(masks[j], img.pixels.shape, pcfg.pad_square), pixels=img.pixels,
-                gate_probability=None if gate is None else float(gate[j])))
+            out.append(MaskPrediction(path=path, image_id=img.meta.sop_instance_uid or Path(path).stem,
+                                      mask=mask, pixels=img.pixels, gate_probability=gate))
     return out
 
 

@@ -29,8 +29,6 @@ import torch
 from cxrlab.config.pneumothorax import METHODS, METRICS, THRESHOLDS, SearchGrids
 from cxrlab.errors import ConfigError, InputError
 
-
-
 # ----------------------------------------------------------------------------- masks
 
 

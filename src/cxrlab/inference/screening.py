@@ -10,9 +10,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from cxrlab.config.screening import load_screening_config, slug
+from cxrlab.data.screening import screening_preprocess
+from cxrlab.data.transforms import to_tensor
 from cxrlab.errors import ConfigError, InputError, MissingFileError, SkipLog
+from cxrlab.inference.base import ModelInfo, file_version
+from cxrlab.io import read_image
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +52,78 @@ def load_second_classifier(run_dir: Path, variant: str) -> tuple[Any, dict[str, 
     return svm, json.loads((folder / "operating_point.json").read_text())
 
 
+class ScreeningPredictor:
+    """A normal-screening run, loaded once: the variant's networks, its SVM and operating point.
+
+    The networks give logits, the SVM a score, the stored operating point the decision and
+    (Platt) the abnormal probability, the configured risk groups the group.
+
+    Args:
+        run_dir: The run (``cxrlab screen train``).
+        variant: ``ensemble`` or ``shared``; None = the ensemble when trained.
+        top: How many likely diseases to report.
+    """
+
+    def __init__(self, run_dir: str | Path, variant: str | None = None, top: int = 3) -> None:
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.yaml").is_file():
+            raise MissingFileError(run_dir, "not a screening run directory (no config.yaml)")
+        self.cfg = load_screening_config(run_dir / "config.yaml")
+        variants = list(self.cfg.model.variants)
+        self.variant = variant or ("ensemble" if "ensemble" in variants else variants[0])
+        if self.variant not in variants:
+            raise ConfigError("variant", f"run has variants {variants}, not {self.variant!r}")
+        self.diseases = list(self.cfg.data.diseases)
+        self.nets = load_variant(run_dir, self.variant, self.diseases)
+        self.svm, self.point = load_second_classifier(run_dir, self.variant)
+        self.top = top
+        self.preprocessing = self.cfg.preprocess()
+        folder = run_dir / self.variant
+        names = ["shared.pt"] if self.variant == "shared" else [f"model_{slug(d)}.pt" for d in self.diseases]
+        files = [folder / n for n in names] + [folder / "svm.pkl", folder / "operating_point.json"]
+        self.info = ModelInfo(kind="screening", name=run_dir.name, version=file_version(files),
+                              files=tuple(map(str, files)),
+                              details={"variant": self.variant, "diseases": self.diseases,
+                                       "target_sensitivity": self.point.get("target_sensitivity")})
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path, variant: str | None = None, top: int = 3) -> ScreeningPredictor:
+        """Load a screening run directory (see the class)."""
+        return cls(run_dir, variant=variant, top=top)
+
+    def tensor(self, pixels: np.ndarray) -> torch.Tensor:
+        """The ``(C, S, S)`` input of the networks for decoded pixels."""
+        image = screening_preprocess(pixels, self.preprocessing)
+        return to_tensor(image, self.cfg.data.channels, self.cfg.data.normalization)
+
+    @torch.inference_mode()
+    def logits(self, x: torch.Tensor) -> np.ndarray:
+        """Concatenated logits ``[D, classes]`` of one ``(C, S, S)`` input."""
+        k = self.cfg.model.num_classes
+        return np.concatenate([net(x[None], reconstruct=False)[0].reshape(1, -1, k).numpy()
+                               for net in self.nets], axis=1)[0]
+
+    def predict(self, pixels: np.ndarray) -> dict[str, Any]:
+        """Decision, abnormal probability, threshold, SVM score, likely diseases, risk group."""
+        logits = self.logits(self.tensor(pixels))
+        score = float(self.svm.decision_function(logits.reshape(1, -1))[0])
+        probs = _softmax(logits)
+        p_target = probs[:, 1]
+        abnormal = score >= float(self.point["threshold"])
+        found = {self.diseases[d] for d in range(len(self.diseases)) if probs[d].argmax() == 1}
+        group = "none" if not abnormal else next(
+            (g for g, members in self.cfg.risk_groups.items() if found & set(members)), "unspecified")
+        order = np.argsort(-p_target)[:self.top]
+        return {"decision": "abnormal" if abnormal else "normal",
+                "probability": float(abnormal_probability(score, self.point)),
+                "threshold": float(self.point["threshold"]), "svm_score": score, "risk_group": group,
+                "likely_diseases": [{"disease": self.diseases[d], "probability": float(p_target[d])}
+                                    for d in order]}
+
+
 def predict_screening(run_dir: str | Path, paths: Sequence[str | Path], variant: str | None = None,
                       skips: SkipLog | None = None, top: int = 3) -> pd.DataFrame:
-    """Screen images with a trained run: normal/abnormal, probability, likely diseases, risk.
+    """Screen image files with a trained run (:class:`ScreeningPredictor`).
 
     Returns:
         One row per readable image: ``path``, ``decision`` (normal/abnormal),
@@ -58,46 +132,20 @@ def predict_screening(run_dir: str | Path, paths: Sequence[str | Path], variant:
         ``risk_group`` (the first configured group holding a disease whose model predicts
         its target class, ``none`` for a normal call, ``unspecified`` otherwise).
     """
-    import torch
-
-    from cxrlab.data.screening import screening_preprocess
-    from cxrlab.data.transforms import to_tensor
-    from cxrlab.io import read_image
-
-    run_dir = Path(run_dir)
-    cfg = load_screening_config(run_dir / "config.yaml")
-    variant = variant or ("ensemble" if "ensemble" in cfg.model.variants else cfg.model.variants[0])
-    if variant not in cfg.model.variants:
-        raise ConfigError("variant", f"run has variants {list(cfg.model.variants)}, not {variant!r}")
-    nets = load_variant(run_dir, variant, list(cfg.data.diseases))
-    svm, point = load_second_classifier(run_dir, variant)
+    predictor = ScreeningPredictor(run_dir, variant=variant, top=top)
     skips = skips or SkipLog("raise")
-    pcfg = cfg.preprocess()
     records = []
     for path in paths:
         try:
-            image = screening_preprocess(read_image(path).pixels, pcfg)
+            result = predictor.predict(read_image(path).pixels)
         except InputError as err:
             skips.handle(err)
             continue
-        x = to_tensor(image, cfg.data.channels, cfg.data.normalization)[None]
-        with torch.inference_mode():
-            logits = np.concatenate([net(x, reconstruct=False)[0].reshape(1, -1, cfg.model.num_classes)
-                                     .numpy() for net in nets], axis=1)
-        score = float(svm.decision_function(logits.reshape(1, -1))[0])
-        probs = _softmax(logits[0])
-        p_target = probs[:, 1]
-        order = np.argsort(-p_target)[:top]
-        abnormal = score >= point["threshold"]
-        found = {cfg.data.diseases[d] for d in range(len(cfg.data.diseases))
-                 if probs[d].argmax() == 1}
-        group = "none" if not abnormal else next(
-            (g for g, members in cfg.risk_groups.items() if found & set(members)), "unspecified")
-        records.append({"path": str(path), "decision": "abnormal" if abnormal else "normal",
-                        "abnormal_probability": float(abnormal_probability(score, point)),
-                        "svm_score": score, "threshold": point["threshold"],
-                        "likely_diseases": ";".join(f"{cfg.data.diseases[d]}={p_target[d]:.3f}"
-                                                    for d in order),
-                        "risk_group": group})
+        records.append({"path": str(path), "decision": result["decision"],
+                        "abnormal_probability": result["probability"], "svm_score": result["svm_score"],
+                        "threshold": result["threshold"],
+                        "likely_diseases": ";".join(f"{d['disease']}={d['probability']:.3f}"
+                                                    for d in result["likely_diseases"]),
+                        "risk_group": result["risk_group"]})
     return pd.DataFrame(records, columns=["path", "decision", "abnormal_probability", "svm_score",
                                           "threshold", "likely_diseases", "risk_group"])

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cxrlab.errors import ConfigError
+from cxrlab.inference.classifier import ClassifierPredictor
 from cxrlab.report.scaling import load_results
 from cxrlab.utils import atomic_write
 
@@ -69,7 +70,6 @@ def cam_grid(study_dir: str | Path, boxes_path: str | Path, images_dir: str | Pa
     """
     from cxrlab.explain.cam import heatmap, overlay
     from cxrlab.explain.localize import prepared_input
-    from cxrlab.inference.classifier import load_predictor
 
     study_dir = Path(study_dir)
     runs, boxes, found = _boxed_classes(study_dir, boxes_path, images_dir, classes)
@@ -94,7 +94,8 @@ def cam_grid(study_dir: str | Path, boxes_path: str | Path, images_dir: str | Pa
                 ax.text(0.5, 0.5, "no run", ha="center", va="center", transform=ax.transAxes)
                 continue
             run = match.iloc[0]
-            model, meta = load_predictor(_checkpoint(study_dir, run))
+            predictor = ClassifierPredictor.from_run_dir(_checkpoint(study_dir, run))
+            model, meta = predictor.model, predictor.meta
             picture, tensor, _, model_boxes = prepared_input(found[name], meta, image_boxes)
             result = heatmap(model, tensor, target, method, meta["labels"], with_png=False)
             ax.imshow(overlay(picture, result.map, boxes=model_boxes))

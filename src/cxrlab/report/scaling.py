@@ -30,8 +30,8 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cxrlab.errors import CSVFormatError, MissingFileError
 from cxrlab.config.study import DEFAULT_PAIRS
+from cxrlab.errors import CSVFormatError, MissingFileError
 from cxrlab.utils import atomic_write, atomic_write_text
 
 REQUIRED = ("task", "resolution", "arch", "seed", "best_auroc")

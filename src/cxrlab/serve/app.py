@@ -43,8 +43,15 @@ from pydantic import BaseModel, Field
 from cxrlab import __version__
 from cxrlab.errors import InputError
 from cxrlab.serve.models import Analysis, ModelSet
-from cxrlab.serve.privacy import (RedactingFilter, UidHasher, identifying_values, install_log_redaction,
-                                  load_or_create_salt, remove_log_redaction, safe_header)
+from cxrlab.serve.privacy import (
+    RedactingFilter,
+    UidHasher,
+    identifying_values,
+    install_log_redaction,
+    load_or_create_salt,
+    remove_log_redaction,
+    safe_header,
+)
 from cxrlab.serve.settings import ServeSettings
 from cxrlab.serve.store import DuplicateStudyError, Store, StudyRecord, utc_now
 

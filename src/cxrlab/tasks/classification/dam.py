@@ -36,7 +36,7 @@ def bce_vs_dam(bce: ExperimentConfig, dam: ExperimentConfig, split: str = "test"
     Raises:
         ConfigError: The recipes differ in data, tasks or split, or share a run name.
     """
-    from cxrlab.inference.classifier import compare_runs
+    from cxrlab.report.compare import compare_runs
 
     if bce.data != dam.data:
         raise ConfigError("data", "BCE and DAM recipes must use identical data sections (same split_seed)")

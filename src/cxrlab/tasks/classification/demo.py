@@ -16,7 +16,7 @@ from typing import Any
 from cxrlab.config import load_config
 from cxrlab.utils import atomic_write_json
 
-DEMO_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[4] / "configs" / "demo.yaml"
 
 
 def demo_config_path() -> Path:
@@ -45,10 +45,10 @@ def run_demo(out: str | Path, n_images: int = 480, image_size: int = 128, consol
     """Run the demo into ``out``; returns the contents of ``out/metrics.json``."""
     from rich.console import Console
 
-    from cxrlab.report.tables import auroc_table
     from cxrlab.data.synthetic_layouts import write_dataset
     from cxrlab.engine.tracking import tracking_uri
     from cxrlab.inference.classifier import predict_images
+    from cxrlab.report.tables import auroc_table
     from cxrlab.tasks.classification.train import train
 
     console = console or Console()

@@ -39,8 +39,7 @@ from cxrlab.inference.postprocess import (
     tune,
 )
 from cxrlab.metrics.segmentation import gate_auroc, get_stats, segmentation_summary
-from cxrlab.tasks.pneumothorax.data import SegData
-from cxrlab.tasks.pneumothorax.data import _loader
+from cxrlab.tasks.pneumothorax.data import SegData, _loader
 from cxrlab.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)

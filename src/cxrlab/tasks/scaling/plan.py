@@ -20,10 +20,8 @@ from typing import Any
 from cxrlab.config import (
     config_from_dict,
 )
+from cxrlab.config.study import EFFICIENTNET_GROUP, StudyConfig
 from cxrlab.errors import ConfigError
-from cxrlab.config.study import EFFICIENTNET_GROUP
-from cxrlab.config.study import StudyConfig
-
 
 # ------------------------------------------------------------------------------ batch rule
 

@@ -63,8 +63,8 @@ import pandas as pd
 import yaml
 
 from cxrlab.config import config_from_dict
-from cxrlab.errors import ConfigError
 from cxrlab.config.study import RESULT_COLUMNS, BatchRule, StudyConfig
+from cxrlab.errors import ConfigError
 from cxrlab.tasks.scaling.plan import RunSpec, expand_grid, recipe_fingerprint
 from cxrlab.utils import atomic_write_json, atomic_write_text
 

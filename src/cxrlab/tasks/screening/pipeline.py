@@ -84,7 +84,7 @@ def run_ablations(cfg: ScreeningConfig, run_dir: Path,
     return done
 
 
-DEMO_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo_screening.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[4] / "configs" / "demo_screening.yaml"
 
 
 def run_screening_demo(out: str | Path, n_images: int = 600, n_external: int = 240,
