@@ -10,10 +10,24 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+"""The process's umask, read once at import (reading it means setting it, which is not
+thread-safe, so it is not read again per file)."""
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None], private: bool = False) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
 
-    A reader never sees a half-written file, and a crash leaves the old file intact.
+    A reader never sees a half-written file, and a crash leaves the old file intact. The
+    file gets the permissions any file the user writes gets (``0666 & ~umask``), so a
+    colleague's dashboard on a shared server can read a run; ``private`` keeps it readable
+    by the owner only (``0600``: the service's stored images, the outbox).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -21,6 +35,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        if not private:
+            os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

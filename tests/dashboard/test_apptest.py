@@ -41,7 +41,7 @@ for page in sys.argv[1:]:
     at.switch_page(f"views/{page}.py").run()
     out[page] = [[t.value for t in at.title], len(at.get("plotly_chart")), [e.value for e in at.exception]]
 out["modules"] = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "lightning")
-                        or m.startswith(("cxrlab.engine", "cxrlab.tasks.classification.train")))
+                        or m.startswith(("cxrlab.engine", "cxrlab.tasks")))
 print("RESULT" + json.dumps(out))
 """
 

@@ -46,6 +46,8 @@ from typing import Any
 
 import yaml
 
+from cxrlab.runs.rundir import RunDir, read_run_json
+
 log = logging.getLogger(__name__)
 
 KINDS = ("classification", "study", "segmentation", "segmentation_cv", "screening", "explanation",
@@ -302,8 +304,17 @@ READERS = {"classification": _read_classification, "study": _read_study, "segmen
            "seg_predictions": _read_seg_predictions}
 
 
+def _declared_kind(path: Path, files: set[str]) -> str | None:
+    """The kind ``run.json`` declares, when the dashboard has a page for it (runs since format 1)."""
+    if RunDir.RUN not in files:
+        return None
+    kind = read_run_json(path).get("kind")
+    return kind if kind in KINDS else None
+
+
 def detect_kind(files: set[str], dirs: set[str]) -> str | None:
-    """The kind of run a directory holds, from the names of its files and sub-folders (None: not a run)."""
+    """The kind of run a directory holds, from the names of its files and sub-folders (None: not a run);
+    for folders written before ``run.json`` existed."""
     if "results.csv" in files and ({"study.yaml", "plan.csv", "summary_by_resolution.csv"} & files):
         return "study"
     if {"cv_table.csv", "cv_metrics.json", "cv_results.csv"} & files:
@@ -450,7 +461,7 @@ class RunIndex:
                 yield RunRecord(path=path, name=name, kind="classification", state="unreadable",
                                 problem=f"{path}: {err.strerror or err}", parent=parent)
             return
-        kind = forced or detect_kind(files, dirs)
+        kind = forced or _declared_kind(path, files) or detect_kind(files, dirs)
         if kind is None:
             if depth < self.max_depth:
                 for sub in sorted(dirs - SKIP_DIRS):

@@ -7,30 +7,28 @@ content or holds the complete new file.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from cxrlab.utils import atomic_write
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``.
 
-    Missing parent folders are created. The temporary file is removed if anything fails.
+def write_bytes_atomic(path: str | Path, data: bytes, private: bool = False) -> None:
+    """Write ``data`` to ``path`` through a synced temporary file and ``os.replace``.
+
+    Missing parent folders are created; the temporary file is removed if anything fails.
+    Permissions follow the umask, or ``0600`` with ``private`` (see :func:`cxrlab.utils.atomic_write`).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write, private=private)
 
 
 def write_png(path: str | Path, array: np.ndarray) -> None:

@@ -12,7 +12,9 @@ Classification (``cxrlab train``), pneumothorax (``cxrlab seg train``) and scree
     # an exception inside the block leaves status.json: failed, with the error, and re-raises
 
 ``status.json`` is written atomically, so a killed run never leaves a half-written file;
-the dashboard and the study runner read it with :func:`read_status`.
+the dashboard and the study runner read it with :func:`read_status`. ``run.json`` says what
+kind of run the folder holds and in which format version (:func:`write_run_json`), so readers
+need not guess from the files they find.
 """
 
 from __future__ import annotations
@@ -28,9 +30,59 @@ from typing import Any
 from cxrlab.errors import ConfigError
 from cxrlab.utils import atomic_write_json
 
+RUN_FORMAT_VERSION = 1
+"""Version of the run-folder layout written by this cxrlab (``run.json``'s ``format``)."""
+
+RUN_KINDS = ("classification", "segmentation", "screening", "mrnet", "brats")
+"""The kinds of training run a ``run.json`` names."""
+
+
+class RunDir:
+    """The named files of a run folder (one place for their names)."""
+
+    CONFIG = "config.yaml"
+    SPLIT = "split.json"
+    STATUS = "status.json"
+    RUN = "run.json"
+    HISTORY = "history.csv"
+    BEST = "best.json"
+    METRICS = "metrics.json"
+    CHECKPOINTS = "checkpoints"
+    LOG = "train.log"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def read_run_json(self) -> dict[str, Any]:
+        """``run.json`` (``{}`` for a run written before it existed)."""
+        return read_run_json(self.path)
+
+
+def write_run_json(run_dir: str | Path, kind: str, **extra: Any) -> Path:
+    """Write ``run.json``: the run's kind, the format version and the cxrlab version."""
+    from cxrlab import __version__
+
+    if kind not in RUN_KINDS:
+        raise ConfigError("kind", f"unknown run kind {kind!r}; choose from {RUN_KINDS}")
+    return atomic_write_json(Path(run_dir) / RunDir.RUN, {"kind": kind, "format": RUN_FORMAT_VERSION,
+                                                          "cxrlab": __version__, **extra})
+
+
+def read_run_json(run_dir: str | Path) -> dict[str, Any]:
+    """A run's ``run.json`` (``{}`` when missing or unreadable: a run from an older cxrlab)."""
+    path = Path(run_dir) / RunDir.RUN
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
 
 def claim_run_directory(run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-                        hint: str = "") -> Path:
+                        hint: str = "", kind: str | None = None) -> Path:
     """Create ``run_dir`` for a new run; refuse one that already holds files.
 
     Args:
@@ -38,6 +90,7 @@ def claim_run_directory(run_dir: str | Path, *, resume: bool = False, overwrite:
         resume: Keep the files of an existing run (the caller continues it).
         overwrite: Delete an existing run first.
         hint: What else the command offers, e.g. ``"pass --resume to continue it"``.
+        kind: When given, ``run.json`` is written with this kind (:data:`RUN_KINDS`).
 
     Raises:
         ConfigError: The directory holds files and neither ``resume`` nor ``overwrite`` is set.
@@ -49,6 +102,8 @@ def claim_run_directory(run_dir: str | Path, *, resume: bool = False, overwrite:
                                             + (f", or {hint}" if hint else ""))
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if kind is not None:
+        write_run_json(run_dir, kind)
     return run_dir
 
 

@@ -219,7 +219,7 @@ class Store:
         folder = self.artifact_dir / record.id
         try:
             for name, data in files.items():
-                write_bytes_atomic(folder / name, data)
+                write_bytes_atomic(folder / name, data, private=True)
             if files:
                 _fsync_dir(folder)
                 _fsync_dir(self.artifact_dir)

@@ -154,7 +154,8 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True,
     Raises:
         ConfigError: The run directory holds another run and ``resume`` is False.
     """
-    run_dir = claim_run_directory(run_directory(cfg), resume=resume, hint="pass --resume to continue it")
+    run_dir = claim_run_directory(run_directory(cfg), resume=resume, hint="pass --resume to continue it",
+                                  kind="classification")
     if resume and (run_dir / "config.yaml").is_file():
         previous = load_config(run_dir / "config.yaml")
         if previous.to_dict() != cfg.to_dict():

@@ -201,7 +201,7 @@ def train(cfg: PneumothoraxConfig, test_indices: np.ndarray | None = None, progr
     from cxrlab.tasks.pneumothorax.evaluate import evaluate_run
 
     cfg = ensure_phantoms(cfg)
-    run_dir = claim_run_directory(Path(cfg.output.root) / cfg.name)
+    run_dir = claim_run_directory(Path(cfg.output.root) / cfg.name, kind="segmentation")
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     with run_status(run_dir) as status:
         L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -40,7 +40,8 @@ def train_screening(cfg: ScreeningConfig, report: Callable[[str], None] | None =
     from cxrlab.tasks.screening.evaluate import evaluate_screening
     from cxrlab.tasks.screening.pipeline import run_ablations
 
-    run_dir = claim_run_directory(run_directory(cfg), overwrite=overwrite, hint="pass --overwrite")
+    run_dir = claim_run_directory(run_directory(cfg), overwrite=overwrite, hint="pass --overwrite",
+                                  kind="screening")
     save_screening_config(cfg, run_dir / "config.yaml")
     with run_status(run_dir) as status:
         data = prepare_screening_data(cfg)
