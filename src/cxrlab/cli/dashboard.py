@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from cxrlab.cli.errors import user_errors
+from cxrlab.cli.errors import require_extra, user_errors
 
 console = Console()
 
@@ -57,6 +57,7 @@ def register(app: typer.Typer) -> None:
         port: int = typer.Option(8501, "--port", min=1, max=65535, help="Port to listen on."),
     ) -> None:
         """Compare runs, scaling studies, explanations, segmentations and screening reports in the browser."""
+        require_extra("dashboard", "streamlit", "plotly")
         from cxrlab.dashboard.index import open_index
         from cxrlab.errors import MissingFileError
 

@@ -9,7 +9,9 @@ from typing import TypeVar
 import typer
 from rich.console import Console
 
-from cxrlab.errors import CxrlabError
+import importlib.util
+
+from cxrlab.errors import ConfigError, CxrlabError
 
 F = TypeVar("F", bound=Callable)
 _err = Console(stderr=True)
@@ -27,3 +29,18 @@ def user_errors(func: F) -> F:
             raise typer.Exit(code=2) from err
 
     return wrapper  # type: ignore[return-value]
+
+
+def require_extra(extra: str, *modules: str) -> None:
+    """Stop with one line when an optional extra of cxrlab is not installed.
+
+    The core install is what train/evaluate/predict need; the service, the dashboard, Ray and
+    the volume/DICOM-network/ONNX stacks are extras (``pip install 'cxrlab[serve]'``).
+
+    Raises:
+        ConfigError: A module of the extra cannot be found.
+    """
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"cxrlab[{extra}]", f"{', '.join(missing)} not installed; "
+                                              f"pip install 'cxrlab[{extra}]'")

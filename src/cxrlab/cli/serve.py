@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from cxrlab.cli.errors import user_errors
+from cxrlab.cli.errors import require_extra, user_errors
 
 _err = Console(stderr=True)
 
@@ -36,6 +36,7 @@ def register(app: typer.Typer) -> None:
 
         Every endpoint but GET /healthz needs `Authorization: Bearer $CXRLAB_API_TOKEN`.
         """
+        require_extra("serve", "fastapi", "uvicorn", "multipart")
         import uvicorn
 
         from cxrlab.serve.settings import ServeSettings

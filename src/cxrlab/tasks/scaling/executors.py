@@ -239,8 +239,8 @@ class RayExecutor(Executor):
                  init_kwargs: dict[str, Any] | None = None) -> None:
         try:
             import ray
-        except ImportError as err:  # pragma: no cover - ray is a pinned dependency
-            raise ConfigError("--executor ray", "Ray is not installed (pip install 'ray[default]')") from err
+        except ImportError as err:  # pragma: no cover - make test installs every extra
+            raise ConfigError("--executor ray", "Ray is not installed: pip install 'cxrlab[ray]'") from err
         if num_cpus_per_run <= 0 or num_gpus_per_run < 0:
             raise ConfigError("ray", f"num_cpus_per_run must be > 0 and num_gpus_per_run >= 0, got "
                                      f"{num_cpus_per_run} and {num_gpus_per_run}")
