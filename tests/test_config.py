@@ -86,3 +86,32 @@ def test_relative_data_paths_resolve_against_the_recipe(tmp_path):
     (tmp_path / "r.yaml").write_text("data:\n  options: {csv: sub/train.csv, root: sub}\n")
     cfg = load_config(tmp_path / "r.yaml")
     assert cfg.data.options["csv"] == str((tmp_path / "sub" / "train.csv").resolve())
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.optimizer=adamm", "'adamm' is not one of .*did you mean 'adam'"),
+    ("train.schedule=onecylce", "did you mean 'onecycle'"),
+    ("data.normalization=imagenett", "did you mean 'imagenet'"),
+    ("train.optimiser=adam", "unknown key.*did you mean 'optimizer' for 'optimiser'"),
+])
+def test_choices_are_checked_when_the_recipe_loads(override, message):
+    """A misspelt choice fails at load time (before any cache is built), naming the nearest."""
+    from cxrlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({}, [override])
+
+
+def test_renamed_keys_name_their_new_key():
+    import dataclasses
+
+    from cxrlab.config.base import build
+    from cxrlab.errors import ConfigError
+
+    @dataclasses.dataclass(frozen=True)
+    class Section:
+        RENAMED_KEYS = {"lr_max": "lr"}
+        lr: float = 0.1
+
+    with pytest.raises(ConfigError, match="'lr_max' is now 'lr'"):
+        build(Section, {"lr_max": 0.2}, "train")

@@ -36,3 +36,29 @@ def test_status_records_finish_and_failure(tmp_path):
     failed = read_status(tmp_path)
     assert failed["state"] == "failed" and failed["error"].startswith("KeyboardInterrupt")
     assert not list(tmp_path.glob("*.tmp*"))                       # written atomically
+
+
+def test_run_json_names_the_kind_and_format(tmp_path):
+    from cxrlab.runs.rundir import RUN_FORMAT_VERSION, RunDir, read_run_json
+
+    run = claim_run_directory(tmp_path / "r", kind="segmentation")
+    declared = read_run_json(run)
+    assert declared["kind"] == "segmentation" and declared["format"] == RUN_FORMAT_VERSION
+    assert RunDir(run).read_run_json() == declared
+    assert read_run_json(tmp_path) == {}                               # older runs have none
+    with pytest.raises(ConfigError, match="unknown run kind"):
+        claim_run_directory(tmp_path / "s", kind="segmentaton")
+
+
+def test_run_files_follow_the_umask_and_private_files_stay_private(tmp_path):
+    import os
+    import stat
+
+    from cxrlab.io import write_bytes_atomic
+    from cxrlab.utils import _UMASK, atomic_write_json
+
+    public = atomic_write_json(tmp_path / "status.json", {"state": "running"})
+    assert stat.S_IMODE(os.stat(public).st_mode) == 0o666 & ~_UMASK
+    assert stat.S_IMODE(os.stat(public).st_mode) & 0o044 == 0o044 & ~_UMASK   # group/other can read (umask 022)
+    write_bytes_atomic(tmp_path / "image.dcm", b"DICM", private=True)
+    assert stat.S_IMODE(os.stat(tmp_path / "image.dcm").st_mode) == 0o600
