@@ -84,6 +84,41 @@ def choose_postprocess(run_dir: Path, model: str, row: str | None = None) -> tup
     return row, Postprocess.from_dict(values)
 
 
+class UNetPredictor:
+    """A U-Net checkpoint with its preprocessing: foreground probabilities, plain or flip-TTA.
+
+    The pneumothorax evaluation (before any post-processing is tuned) and
+    :class:`PneumothoraxPredictor` both run the U-Net through it.
+    """
+
+    def __init__(self, unet: torch.nn.Module, meta: dict[str, Any]) -> None:
+        self.unet = unet.eval()
+        self.meta = meta
+        self.preprocessing = PreprocessConfig.from_dict(meta["preprocessing"])
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> UNetPredictor:
+        """Load a U-Net checkpoint (``baseline/best.pt``, ``one_case/best.pt``)."""
+        unet, meta = load_segmentation_checkpoint(path)
+        return cls(unet, meta)
+
+    def tensor(self, pixels: np.ndarray) -> torch.Tensor:
+        """The U-Net's ``(C, S, S)`` input for decoded pixels."""
+        return to_tensor(preprocess(pixels, self.preprocessing), channels=int(self.meta["in_chans"]),
+                         normalization=self.meta["normalization"])
+
+    @torch.no_grad()
+    def probabilities(self, batch: torch.Tensor, tta: bool = False,
+                      plain: torch.Tensor | None = None) -> torch.Tensor:
+        """Foreground probabilities ``(N, 1, S, S)``; with ``tta`` averaged with the flipped
+        image's (``plain``: the un-flipped result when already computed)."""
+
+        def probability(images: torch.Tensor) -> torch.Tensor:
+            return foreground_probability(self.unet(images))
+
+        return hflip_tta(probability, batch, plain=plain) if tta else probability(batch)
+
+
 class PneumothoraxPredictor:
     """A pneumothorax run, loaded once: U-Net, tuned post-processing and (cascade) the gate.
 
@@ -101,7 +136,8 @@ class PneumothoraxPredictor:
 
     def __init__(self, unet: torch.nn.Module, meta: dict[str, Any], post: Postprocess, row: str, model: str,
                  gate: ClassifierPredictor | None, info: ModelInfo) -> None:
-        self.unet = unet.eval()
+        self.segmenter = UNetPredictor(unet, meta)
+        self.unet = self.segmenter.unet
         self.meta = meta
         self.post = post
         self.row = row
@@ -160,17 +196,11 @@ class PneumothoraxPredictor:
 
     def tensor(self, pixels: np.ndarray) -> torch.Tensor:
         """The U-Net's ``(C, S, S)`` input for decoded pixels."""
-        return to_tensor(preprocess(pixels, self.preprocessing), channels=int(self.meta["in_chans"]),
-                         normalization=self.meta["normalization"])
+        return self.segmenter.tensor(pixels)
 
-    @torch.no_grad()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         """Foreground probabilities ``(N, 1, S, S)`` of a batch, with flip TTA when tuned so."""
-
-        def probability(images: torch.Tensor) -> torch.Tensor:
-            return foreground_probability(self.unet(images))
-
-        return hflip_tta(probability, batch) if self.post.tta else probability(batch)
+        return self.segmenter.probabilities(batch, tta=self.post.tta)
 
     def predict_batch(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray, float, float | None]]:
         """``(mask, probability, gate probability)`` per decoded image.

@@ -30,11 +30,10 @@ from cxrlab.config.pneumothorax import (
     load_pneumothorax_config,
 )
 from cxrlab.errors import ConfigError, MissingFileError
-from cxrlab.inference.pneumothorax import gate_checkpoint
+from cxrlab.inference.pneumothorax import UNetPredictor, gate_checkpoint
 from cxrlab.inference.postprocess import (
     Postprocess,
     Tuned,
-    hflip_tta,
     score_counts,
     tune,
 )
@@ -59,21 +58,12 @@ def unet_probabilities(checkpoint: Path, cfg: PneumothoraxConfig, data: SegData,
     Returns:
         ``(plain, tta, truths)``: float16 ``(N, S, S)`` twice and bool ``(N, S, S)``.
     """
-    from cxrlab.models.segmentation import (
-        foreground_probability,
-        load_segmentation_checkpoint,
-    )
-
-    model, _ = load_segmentation_checkpoint(checkpoint)
-
-    def predict(images: torch.Tensor) -> torch.Tensor:
-        return foreground_probability(model(images))
-
+    predictor = UNetPredictor.from_checkpoint(checkpoint)
     plain, tta, truths = [], [], []
     for batch in _loader(cfg, data, indices, False, 0):
-        first = predict(batch["image"])
+        first = predictor.probabilities(batch["image"])
         plain.append(first[:, 0].half().numpy())
-        tta.append(hflip_tta(predict, batch["image"], plain=first)[:, 0].half().numpy())
+        tta.append(predictor.probabilities(batch["image"], tta=True, plain=first)[:, 0].half().numpy())
         truths.append(batch["mask"][:, 0].numpy() > 0.5)
     size = data.preprocess.size
     if not plain:
