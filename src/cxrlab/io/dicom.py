@@ -39,6 +39,7 @@ before pydicom inflates it, so a decompression bomb is refused in bounded memory
 
 from __future__ import annotations
 
+import io
 import math
 import struct
 import zlib
@@ -124,6 +125,10 @@ def read_dicom(
             set that inflates beyond the cap.
         UnsupportedTransferSyntaxError: No installed codec decodes the transfer syntax.
     """
+    size = path.stat().st_size
+    if size > max_decoded_bytes(max_pixels):
+        raise ImageTooLargeError(path, f"DICOM file is {size} bytes, more than the pixel limit "
+                                       f"({max_pixels}) allows to decode")
     _check_deflated_size(path, max_pixels)
     header = _read(path, stop_before_pixels=True)
     image = _ImageHeader.from_dataset(path, header)
@@ -311,9 +316,16 @@ def _check_deflated_size(path: Path, max_pixels: int) -> None:
 
 
 def _read(path: Path, *, stop_before_pixels: bool) -> Dataset:
-    """Parse the file and convert every element now, inside the guard (pydicom is lazy)."""
+    """Parse the file and convert every element now, inside the guard (pydicom is lazy).
+
+    pydicom reads from an in-memory copy: a file object's ``read(n)`` allocates ``n``
+    bytes before reading, so a corrupt element length of 2 GiB would allocate 2 GiB;
+    an in-memory buffer returns only the bytes that exist.
+    """
+    buffer = io.BytesIO(path.read_bytes())
+    buffer.name = str(path)
     with decoding(path, "corrupt or truncated DICOM"):
-        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+        ds = pydicom.dcmread(buffer, stop_before_pixels=stop_before_pixels, force=True)
         for _ in ds.iterall():
             pass
         for _ in ds.file_meta.iterall():

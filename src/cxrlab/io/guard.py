@@ -64,7 +64,8 @@ def decoding(path: str | Path, step: str, error: type[ImageReadError] = ImageRea
 
 
 def _describe(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    if len(text) > 200:
-        text = text[:200] + "..."
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = " ".join(lines[:4])
+    if len(text) > 400:
+        text = text[:400] + "..."
     return f"{type(err).__name__}: {text}" if text else type(err).__name__

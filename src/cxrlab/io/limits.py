@@ -23,9 +23,9 @@ BYTES_PER_SAMPLE = 4
 
 
 def max_decoded_bytes(max_pixels: int) -> int:
-    """Bytes a decoded image (or an inflated DICOM data set) may take: 4 bytes a pixel,
-    three samples, plus 16 MiB for headers and overlays."""
-    return max_pixels * 3 * BYTES_PER_SAMPLE + (16 << 20)
+    """Bytes a decoded image (or an inflated DICOM data set) may take: 4 bytes for each
+    allowed pixel (16-bit gray, 8-bit RGB and float32 fit), plus 16 MiB for headers."""
+    return max_pixels * BYTES_PER_SAMPLE + (16 << 20)
 
 
 def check_geometry(path: str | Path, rows: int, cols: int, *, max_pixels: int,
