@@ -315,6 +315,16 @@ def _check_deflated_size(path: Path, max_pixels: int) -> None:
                                                f"({max_pixels}) allows")
 
 
+def read_dicom_header(path: str | Path) -> Dataset:
+    """The DICOM header (no pixel data), every element parsed now, for de-identification.
+
+    Raises:
+        ImageReadError: pydicom cannot parse an element (a corrupt length or VR, a file
+            cut inside the header), named with the file.
+    """
+    return _read(Path(path), stop_before_pixels=True)
+
+
 def _read(path: Path, *, stop_before_pixels: bool) -> Dataset:
     """Parse the file and convert every element now, inside the guard (pydicom is lazy).
 

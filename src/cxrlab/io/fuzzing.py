@@ -67,16 +67,20 @@ class FuzzCase:
     special: str | None = None
     must_fail: bool = False
     must_read: bool = False
+    family: str = ""
 
 
 @dataclass
 class FuzzResult:
+    """What became of one case: its outcome (one of :data:`OUTCOMES`) and the message."""
+
     case_id: str
     kind: str
     source: str
     outcome: str
     detail: str = ""
     seconds: float = 0.0
+    family: str = ""
 
 
 @dataclass
@@ -120,6 +124,19 @@ def _pixel_offsets(data: bytes) -> tuple[int, int]:
             explicit = data[pos + 4:pos + 6] in (b"OB", b"OW")
             return pos, pos + (12 if explicit else 8)
     return len(data), len(data)
+
+
+def _pixel_end(data: bytes) -> int:
+    """Offset just past the PixelData value (some files have elements after it)."""
+    start, value = _pixel_offsets(data)
+    if start >= len(data):
+        return len(data)
+    order = "big" if data[start:start + 2] == b"\x7f\xe0" else "little"
+    length = int.from_bytes(data[value - 4:value], order)
+    if length != 0xFFFFFFFF:
+        return min(len(data), value + length)
+    delimiter = data.find(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", value)
+    return len(data) if delimiter < 0 else delimiter + 8
 
 
 def phantom(rows: int, cols: int, rng: random.Random, *, bits: int = 8) -> np.ndarray:
@@ -209,8 +226,10 @@ def _encapsulated(ds) -> bool:
 def gen_dicom_truncate(rng, sources):
     name, data = _pick(rng, sources)
     _, value_start = _pixel_offsets(data)
-    cut = rng.randrange(0, len(data) - 16) if rng.random() < 0.3 else \
-        rng.randrange(value_start, len(data) - 16)
+    end = _pixel_end(data)
+    # cut at least 16 bytes before the end of the pixel data: never only trailing elements
+    cut = rng.randrange(0, end - 16) if rng.random() < 0.3 else \
+        rng.randrange(value_start, end - 16)
     return "dicom-truncated", name, data[:cut], True, False
 
 
@@ -683,11 +702,12 @@ def generate_cases(count: int, seed: int = 0, *, large: bool = False,
         case_id = f"{len(cases):05d}-{name}"
         if isinstance(made_case, FuzzCase):
             case = FuzzCase(case_id=case_id, kind=made_case.kind, source=made_case.source,
-                            special=made_case.special, must_fail=made_case.must_fail)
+                            special=made_case.special, must_fail=made_case.must_fail,
+                            family=name)
         else:
             kind, source, data, must_fail, must_read = made_case
             case = FuzzCase(case_id=case_id, kind=kind, source=source, data=data,
-                            must_fail=must_fail, must_read=must_read)
+                            must_fail=must_fail, must_read=must_read, family=name)
         cases.append(case)
     return cases
 
@@ -754,7 +774,7 @@ def _run_child(chunk: list[FuzzCase], folder: Path, memory_mb: int, timeout: flo
                     case = by_id[message["id"]]
                     result = FuzzResult(case.case_id, case.kind, case.source,
                                         message["outcome"], message["detail"],
-                                        message["seconds"])
+                                        message["seconds"], case.family)
                     results[case.case_id] = result
                     done.add(case.case_id)
                     current = None
@@ -784,7 +804,8 @@ def _run_child(chunk: list[FuzzCase], folder: Path, memory_mb: int, timeout: flo
 
 
 def _record(results, case, outcome, detail, seconds, progress) -> None:
-    result = FuzzResult(case.case_id, case.kind, case.source, outcome, detail, seconds)
+    result = FuzzResult(case.case_id, case.kind, case.source, outcome, detail, seconds,
+                        case.family)
     results[case.case_id] = result
     if progress is not None:
         progress(result)
@@ -874,11 +895,10 @@ def _classify(case, path, read_image, preprocess, to_tensor, cfg, input_error, m
 
 
 def summarize(results: list[FuzzResult]) -> dict[str, Counter]:
-    """Counts by class (``kind`` without its edit suffix) and outcome, plus a total row."""
+    """Counts by mutation class and outcome, plus a ``total`` row."""
     table: dict[str, Counter] = {}
     for result in results:
-        family = next((c for c in CLASSES if result.kind.startswith(c)), result.kind)
-        table.setdefault(family, Counter())[result.outcome] += 1
+        table.setdefault(result.family or result.kind, Counter())[result.outcome] += 1
         table.setdefault("total", Counter())[result.outcome] += 1
     return table
 
