@@ -22,13 +22,15 @@ from __future__ import annotations
 import functools
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
-from cxrlab.errors import ConfigError, InputError
+from cxrlab.errors import ConfigError, ImageTooLargeError, InputError
+from cxrlab.io.limits import DEFAULT_MAX_PIXELS, check_geometry
 
 NORMALIZATIONS = ("imagenet", "xrv", "unit")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -183,7 +185,8 @@ def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
 
 
 def preprocess(
-    pixels: np.ndarray, cfg: PreprocessConfig, mask: np.ndarray | None = None
+    pixels: np.ndarray, cfg: PreprocessConfig, mask: np.ndarray | None = None, *,
+    max_pixels: int = DEFAULT_MAX_PIXELS, source: str | Path | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Turn raw pixels (air dark, any range) into the uint8 ``(size, size)`` cached image.
 
@@ -191,17 +194,31 @@ def preprocess(
         pixels: ``(H, W)`` intensities, e.g. :attr:`cxrlab.io.XrayImage.pixels`.
         cfg: The steps and their parameters (module docstring lists the order).
         mask: Optional ``(H, W)`` bool mask given the same padding and a nearest resize.
+        max_pixels: Largest image this step may allocate: the padded square when
+            ``cfg.pad_square``, else the image itself.
+        source: The file the pixels came from, named in errors.
 
     Returns:
         uint8 ``(size, size)``, or ``(image, bool mask)`` when a mask is given.
 
     Raises:
-        InputError: ``pixels`` is not a non-empty 2-D array, or the mask's shape differs.
+        InputError: ``pixels`` is not a non-empty 2-D array of finite values, its aspect
+            ratio is degenerate, or the mask's shape differs.
+        ImageTooLargeError: The padded square (or the image) exceeds ``max_pixels``.
     """
     pixels = np.asarray(pixels)
     if pixels.ndim != 2 or pixels.size == 0:
-        raise InputError(None, f"preprocess needs a non-empty (H, W) image, got shape "
-                               f"{pixels.shape}")
+        raise InputError(source, f"preprocess needs a non-empty (H, W) image, got shape "
+                                 f"{pixels.shape}")
+    height, width = pixels.shape
+    check_geometry(source, height, width, max_pixels=max_pixels)
+    side = max(height, width)
+    if cfg.pad_square and side * side > max_pixels:
+        raise ImageTooLargeError(source, f"padding the {height} x {width} image to a square "
+                                         f"would allocate {side} x {side} = {side * side} "
+                                         f"pixels, above the limit of {max_pixels} (max_pixels)")
+    if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
+        raise InputError(source, "image has NaN or infinite pixel values")
     if mask is not None:
         mask = np.asarray(mask).astype(bool, copy=False)
         _check_mask(pixels, mask)

@@ -26,21 +26,23 @@ colour images are converted to gray with the ITU-R BT.601 luma weights
 
 from __future__ import annotations
 
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from cxrlab.errors import ImageReadError, ImageTooLargeError, MissingFileError
-from cxrlab.io.dicom import looks_like_dicom, read_dicom
-
-DEFAULT_MAX_PIXELS = 100_000_000
+from cxrlab.io.dicom import has_dicm_prefix, looks_like_dicom, read_dicom
+from cxrlab.io.guard import decoding
+from cxrlab.io.limits import DEFAULT_MAX_PIXELS, check_geometry
+from cxrlab.io.png import check_png_structure
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOI = b"\xff\xd8\xff"
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, UnidentifiedImageError)
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _BITS_BY_MODE = {"1": 1, "L": 8, "LA": 8, "P": 8, "PA": 8, "RGB": 8, "RGBA": 8, "CMYK": 8,
                  "YCbCr": 8, "I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32, "F": 32}
@@ -138,9 +140,7 @@ def detect_format(path: str | Path) -> str:
         ImageReadError: The file is empty or is none of the three formats.
     """
     path = Path(path)
-    if not path.is_file():
-        problem = "is a directory, not an image file" if path.is_dir() else "file not found"
-        raise MissingFileError(path, problem)
+    _check_regular_file(path)
     try:
         with path.open("rb") as handle:
             head = handle.read(132)
@@ -148,6 +148,9 @@ def detect_format(path: str | Path) -> str:
         raise ImageReadError(path, f"cannot open file: {err.strerror or err}") from err
     if not head:
         raise ImageReadError(path, "file is empty (0 bytes)")
+    if has_dicm_prefix(head):
+        # first: a DICOM preamble is free-form and may itself start with a PNG/JPEG signature
+        return "dicom"
     if head.startswith(_PNG_SIGNATURE):
         return "png"
     if head.startswith(_JPEG_SOI):
@@ -155,6 +158,24 @@ def detect_format(path: str | Path) -> str:
     if looks_like_dicom(head):
         return "dicom"
     raise ImageReadError(path, f"not a DICOM, PNG or JPEG file (starts with {head[:8]!r})")
+
+
+def _check_regular_file(path: Path) -> None:
+    """Refuse what is not a regular file before opening it (opening a FIFO would block)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise MissingFileError(path, "file not found") from None
+    except OSError as err:
+        raise ImageReadError(path, f"cannot open file: {err.strerror or err}") from err
+    if stat.S_ISDIR(mode):
+        raise MissingFileError(path, "is a directory, not an image file")
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else
+                "a character device" if stat.S_ISCHR(mode) else
+                "a block device" if stat.S_ISBLK(mode) else
+                "a socket" if stat.S_ISSOCK(mode) else "a special file")
+        raise ImageReadError(path, f"not a regular file: it is {kind}")
 
 
 def rgb_to_gray(rgb: np.ndarray) -> np.ndarray:
@@ -174,44 +195,55 @@ def _read(path: Path, *, max_pixels: int, invert_monochrome1: bool) -> XrayImage
     pixels = np.ascontiguousarray(pixels, dtype=np.float32)
     if not pixels.flags.writeable:  # a view of Pillow's buffer
         pixels = pixels.copy()
+    if pixels.shape != tuple(fields["shape"]):
+        raise ImageReadError(path, f"decoded image is {pixels.shape}, the header says "
+                                   f"{tuple(fields['shape'])}")
+    _check_values(path, pixels)
     return XrayImage(pixels=pixels, meta=ImageMeta(path=str(path), format=fmt, **fields))
 
 
+def _check_values(path: Path, pixels: np.ndarray) -> None:
+    """Refuse non-finite pixels and ranges that float32 arithmetic cannot represent."""
+    if not np.isfinite(pixels).all():
+        raise ImageReadError(path, "pixel values are not all finite (NaN or infinity after "
+                                   "decoding and rescaling)")
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if not np.isfinite(np.float32(hi) - np.float32(lo)) or max(abs(lo), abs(hi)) > _MAX_ABS_VALUE:
+        raise ImageReadError(path, f"pixel values span [{lo:.3g}, {hi:.3g}], beyond the "
+                                   f"representable range (|value| <= {_MAX_ABS_VALUE:.0e})")
+
+
+#: Largest magnitude accepted after decoding and rescaling: the preprocessing subtracts
+#: and scales in float32, which overflows for ranges near its maximum (3.4e38).
+_MAX_ABS_VALUE = 1e30
+
+
 def _read_pil(path: Path, fmt: str, max_pixels: int) -> tuple[np.ndarray, dict]:
-    """Decode a PNG or JPEG with Pillow after checking its size from the header."""
+    """Decode a PNG or JPEG with Pillow after checking its size and structure."""
     name = fmt.upper()
     with warnings.catch_warnings():
         # our own limit replaces Pillow's decompression-bomb warning
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(path, formats=[name])
-        except Image.DecompressionBombError as err:
-            raise ImageTooLargeError(path, f"{name} header declares an image too large to "
-                                           f"decode ({err})") from err
-        except _PIL_ERRORS as err:
-            raise ImageReadError(path, f"corrupt {name} header: {err}") from err
+        with decoding(path, f"corrupt {name} header"):
+            try:
+                image = Image.open(path, formats=[name])
+            except Image.DecompressionBombError as err:
+                raise ImageTooLargeError(path, f"{name} header declares an image too large "
+                                               f"to decode ({err})") from err
     with image:
         cols, rows = image.size
-        if rows * cols > max_pixels:
-            raise ImageTooLargeError(path, f"image is {rows} x {cols} = {rows * cols} pixels, "
-                                           f"above the limit of {max_pixels} (max_pixels)")
         mode = image.mode
-        try:
-            if fmt == "png":
-                _verify_png(path)
+        bands = len(image.getbands())
+        # what will be allocated: Pillow's buffer, then float32 per band
+        check_geometry(path, rows, cols, max_pixels=max_pixels, samples=bands)
+        if fmt == "png":
+            check_png_structure(path, max_pixels=max_pixels)
+        with decoding(path, f"truncated or corrupt {name}"):
             image.load()
             array = _pil_to_array(image)
-        except _PIL_ERRORS as err:
-            raise ImageReadError(path, f"truncated or corrupt {name}: {err}") from err
     fields = {"shape": (rows, cols), "photometric": mode, "transfer_syntax": None,
               "bits_stored": _BITS_BY_MODE.get(mode)}
     return array, fields
-
-
-def _verify_png(path: Path) -> None:
-    """Check every PNG chunk's CRC and that the file reaches IEND (cheap: no inflate)."""
-    with Image.open(path, formats=["PNG"]) as probe:
-        probe.verify()
 
 
 def _pil_to_array(image: Image.Image) -> np.ndarray:

@@ -42,6 +42,7 @@ from pydantic import BaseModel, Field
 
 from cxrlab import __version__
 from cxrlab.errors import InputError
+from cxrlab.io.dicom import read_dicom_header
 from cxrlab.serve.models import Analysis, ModelSet
 from cxrlab.serve.privacy import (
     RedactingFilter,
@@ -224,14 +225,13 @@ class Service:
         ds = None
         sop_hash = study_hash = None
         if detect_format(path) == "dicom":
-            ds = _dicom_header(path)
-            if ds is not None:
-                self.redactor.remember(identifying_values(ds))
-                sop_hash = self.hasher.hash(str(ds.get("SOPInstanceUID", "") or ""))
-                study_hash = self.hasher.hash(str(ds.get("StudyInstanceUID", "") or ""))
-                existing = self.store.find_sop(sop_hash)
-                if existing is not None:
-                    return existing, True
+            ds = read_dicom_header(path)  # every element parsed: ImageReadError (422) if corrupt
+            self.redactor.remember(identifying_values(ds))
+            sop_hash = self.hasher.hash(str(ds.get("SOPInstanceUID", "") or ""))
+            study_hash = self.hasher.hash(str(ds.get("StudyInstanceUID", "") or ""))
+            existing = self.store.find_sop(sop_hash)
+            if existing is not None:
+                return existing, True
         analysis = self.models.analyze(path)
         header = safe_header(ds, self.hasher) if ds is not None else None
         rank, group, score = analysis.priority(self.settings.critical_findings)
@@ -258,19 +258,6 @@ class Service:
         if store is not None:
             store.close()
             shutil.rmtree(self.spool, ignore_errors=True)
-
-
-def _dicom_header(path: Path) -> Any:
-    """The DICOM header without pixels, or None when pydicom cannot parse it (the image
-    reader then reports the problem)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError,
-            NotImplementedError):
-        return None
 
 
 def _result(analysis: Analysis, versions: dict[str, dict[str, Any]]) -> dict[str, Any]:
