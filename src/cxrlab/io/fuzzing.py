@@ -228,7 +228,8 @@ def gen_dicom_truncate(rng, sources):
     _, value_start = _pixel_offsets(data)
     end = _pixel_end(data)
     # cut at least 16 bytes before the end of the pixel data: never only trailing elements
-    cut = rng.randrange(0, end - 16) if rng.random() < 0.3 else \
+    late = value_start < end - 16          # pixel data long enough to cut inside it
+    cut = rng.randrange(0, end - 16) if (rng.random() < 0.3 or not late) else \
         rng.randrange(value_start, end - 16)
     return "dicom-truncated", name, data[:cut], True, False
 
