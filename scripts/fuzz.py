@@ -19,7 +19,7 @@ import sys
 import time
 from collections import Counter
 
-from cxrlab.io.fuzzing import format_table, generate_cases, run_cases, summarize
+from cxrlab.data.fuzzing import format_table, generate_cases, run_cases, summarize
 
 GOOD = {"ok", "cxrlab-error"}
 

@@ -1,6 +1,6 @@
 """Fuzz suite of the input path (issue 13): mutations of real DICOMs, PNGs and JPEGs.
 
-A seeded, bounded sample of :mod:`cxrlab.io.fuzzing` cases runs through
+A seeded, bounded sample of :mod:`cxrlab.data.fuzzing` cases runs through
 ``read_image -> preprocess -> to_tensor`` in child processes under ``RLIMIT_AS`` and a
 per-case time limit; every case must end in a cxrlab error naming the file or in a read
 that passes the consistency checks (and a case built to be refused must be refused). The
@@ -25,7 +25,7 @@ from pydicom.data import get_testdata_file
 from cxrlab.data.transforms import PreprocessConfig, preprocess
 from cxrlab.errors import ImageReadError, ImageTooLargeError, InputError
 from cxrlab.io import read_image
-from cxrlab.io.fuzzing import (
+from cxrlab.data.fuzzing import (
     ACCEPTABLE,
     CLASSES,
     FuzzCase,

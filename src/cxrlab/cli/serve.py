@@ -31,10 +31,26 @@ def register(app: typer.Typer) -> None:
         max_upload_mb: float = typer.Option(64.0, "--max-upload-mb", min=0.001,
                                             help="Largest accepted upload in MB (413 above)."),
         workers: int = typer.Option(2, "--workers", min=1, help="Inference threads."),
+        dicom_port: int = typer.Option(None, "--dicom-port", min=0, max=65535,
+                                       help="Also listen for DICOM C-ECHO/C-STORE on this port (same --host)."),
+        ae_title: str = typer.Option("CXRLAB", "--ae-title", help="This node's AE title (listener and forwarding)."),
+        allow_ae: list[str] = typer.Option([], "--allow-ae",
+                                           help="Calling AE title the listener accepts (repeat; default: any)."),
+        forward: list[str] = typer.Option([], "--forward", help="Send result objects by C-STORE to AE@HOST:PORT "
+                                                                "(repeat for several destinations)."),
+        forward_stow: list[str] = typer.Option([], "--forward-stow",
+                                               help="Send result objects by STOW-RS to this DICOMweb base URL "
+                                                    "(bearer token from CXRLAB_FORWARD_STOW_TOKEN)."),
+        outbox: Path = typer.Option(None, "--outbox", help="Folder of results waiting to be sent [DB.outbox]."),
+        forward_retry_max: float = typer.Option(60.0, "--forward-retry-max", min=0.01,
+                                                help="Longest wait in seconds between retries of a result."),
     ) -> None:
         """Serve findings, screening decision, masks and heatmaps over HTTP, with a triage worklist.
 
-        Every endpoint but GET /healthz needs `Authorization: Bearer $CXRLAB_API_TOKEN`.
+        Every endpoint but GET /healthz needs `Authorization: Bearer $CXRLAB_API_TOKEN`. With
+        --dicom-port the service is also a DICOM node (C-STORE in, STOW-RS at /dicomweb/studies),
+        and --forward/--forward-stow send its SR, SEG and secondary capture to the PACS; see
+        docs/hospital.md.
         """
         require_extra("serve", "fastapi", "uvicorn", "multipart")
         import uvicorn
@@ -44,7 +60,9 @@ def register(app: typer.Typer) -> None:
         settings = ServeSettings.from_env(
             classifier=classifier, screening=screening, pneumothorax=pneumothorax, db=db,
             insecure_no_auth=insecure_no_auth, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-            inference_workers=workers).check()
+            inference_workers=workers, dicom_port=dicom_port, dicom_host=host, ae_title=ae_title,
+            allow_ae=tuple(allow_ae), forward=tuple(forward), forward_stow=tuple(forward_stow), outbox=outbox,
+            forward_retry_initial_s=min(1.0, forward_retry_max), forward_retry_max_s=forward_retry_max).check()
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         logging.captureWarnings(True)

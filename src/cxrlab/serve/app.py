@@ -15,6 +15,16 @@ Endpoints (every one but ``GET /healthz`` needs ``Authorization: Bearer <token>`
 - ``GET /v1/studies/{id}``, ``GET /v1/studies/{id}/heatmap.png``, ``.../mask.png``.
 - ``POST /v1/studies/{id}/read``: mark read.
 - ``GET /v1/worklist``: studies by priority (critical, abnormal, no finding, normal).
+- ``GET /v1/studies/{id}/results/sr.dcm`` (``seg.dcm``, ``sc.dcm``): the results as DICOM
+  (Comprehensive SR, pneumothorax SEG, heatmap secondary capture), built from the
+  de-identified header; only for DICOM inputs, with the ``cxrlab[dicomnet]`` extra.
+- ``POST /dicomweb/studies``: STOW-RS (multipart/related of application/dicom); each
+  instance is analysed like an upload; the answer is the STOW-RS response dataset.
+- ``GET /v1/outbox``: result objects waiting for, or refused by, the destinations.
+
+With the extra installed, :class:`~cxrlab.serve.dicom_node.DicomNode` also runs the
+DIMSE listener (``dicom_port``) and sends the results to ``forward``/``forward_stow``
+through the persistent outbox.
 - ``GET /openapi.json`` and ``/docs``.
 """
 
@@ -33,16 +43,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from cxrlab import __version__
-from cxrlab.errors import InputError
+from cxrlab.errors import ConfigError, InputError, UnsupportedTransferSyntaxError
 from cxrlab.io.dicom import read_dicom_header
+from cxrlab.serve import stow
 from cxrlab.serve.models import Analysis, ModelSet
 from cxrlab.serve.privacy import (
     RedactingFilter,
@@ -164,6 +175,26 @@ class Problem(BaseModel):
     detail: str | list[dict[str, Any]]
 
 
+class OutboxEntry(BaseModel):
+    id: str
+    name: str = Field(description="sr.dcm, seg.dcm or sc.dcm")
+    study_id: str
+    destination: str
+    sop_class_uid: str
+    created_at: str
+    attempts: int
+    next_attempt_at: str | None = None
+    last_error: str | None = None
+    state: Literal["pending", "failed"]
+
+
+class OutboxSummary(BaseModel):
+    destinations: list[str]
+    pending: int
+    failed: int
+    items: list[OutboxEntry]
+
+
 _ERRORS = {404: {"model": Problem, "description": "No such study or artifact"}}
 _UPLOAD_ERRORS = {413: {"model": Problem, "description": "Upload larger than the limit"},
                   422: {"model": Problem, "description": "Not a readable image, or a malformed request"}}
@@ -182,11 +213,12 @@ class Service:
     """
 
     def __init__(self, settings: ServeSettings, models: ModelSet, hasher: UidHasher,
-                 redactor: RedactingFilter) -> None:
+                 redactor: RedactingFilter, dicom: Any = None) -> None:
         self.settings = settings
         self.models = models
         self.hasher = hasher
         self.redactor = redactor
+        self.dicom = dicom        # a cxrlab.serve.dicom_node.DicomNode, or None without the dicomnet extra
         self.spool = settings.artifact_dir / ".spool"
         self._store: Store | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -242,6 +274,10 @@ class Service:
         files = {"heatmap.png": analysis.heatmap_png}
         if analysis.mask_png is not None:
             files["mask.png"] = analysis.mask_png
+        if self.dicom is not None and ds is not None:
+            # queued for the destinations before the study is stored: a crash in between makes
+            # the sender push again, and the repeat gives the same result UIDs
+            files.update(self.dicom.results(record.id, ds, record.result, analysis.heatmap_png, analysis.mask_png))
         try:
             stored = self.store.add(record, files)
         except DuplicateStudyError as dup:
@@ -258,6 +294,15 @@ class Service:
         if store is not None:
             store.close()
             shutil.rmtree(self.spool, ignore_errors=True)
+
+
+def _dicom_header(path: Path) -> Any:
+    """The DICOM header without pixels, or None when it is not a readable DICOM header (the
+    STOW-RS response then lists the instance as failed)."""
+    try:
+        return read_dicom_header(path)
+    except InputError:
+        return None
 
 
 def _result(analysis: Analysis, versions: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -397,7 +442,7 @@ def create_app(settings: ServeSettings, models: ModelSet | None = None) -> FastA
     models = models if models is not None else ModelSet.from_settings(settings)
     hasher = UidHasher(settings.uid_salt or load_or_create_salt(settings.salt_file))
     redactor = RedactingFilter()
-    service = Service(settings, models, hasher, redactor).open()   # fails here on a bad database
+    service = Service(settings, models, hasher, redactor, _dicom_node(settings, hasher)).open()
     install_log_redaction(redactor)
 
     @asynccontextmanager
@@ -406,7 +451,11 @@ def create_app(settings: ServeSettings, models: ModelSet | None = None) -> FastA
         install_log_redaction(redactor)      # handlers the server configured after create_app
         if not settings.auth_required:
             log.warning("serving WITHOUT authentication (--insecure-no-auth): local use only")
+        if service.dicom is not None:
+            service.dicom.start(service.process, service.pool, service.spool)
         yield
+        if service.dicom is not None:
+            service.dicom.stop()
         service.close()
         remove_log_redaction(redactor)
 
@@ -456,6 +505,61 @@ def create_app(settings: ServeSettings, models: ModelSet | None = None) -> FastA
         """The pneumothorax mask (PNG 0/255, source size); 404 without a pneumothorax run."""
         return _artifact(service, study_id, "mask.png")
 
+    @app.get("/v1/studies/{study_id}/results/{name}", response_class=FileResponse, tags=["studies"],
+             responses={200: {"content": {"application/dicom": {"schema": {"type": "string", "format": "binary"}}}},
+                        **_ERRORS})
+    def get_result(study_id: str = PathParam(..., pattern=ID_PATTERN),
+                   name: Literal["sr.dcm", "seg.dcm", "sc.dcm"] = PathParam(...)) -> FileResponse:
+        """A result as DICOM (SR, pneumothorax SEG, heatmap secondary capture), de-identified;
+        404 for non-DICOM inputs, without a mask (SEG), or without the dicomnet extra."""
+        return _artifact(service, study_id, name, "application/dicom")
+
+    @app.post("/dicomweb/studies", tags=["dicomweb"],
+              responses={200: {"content": {stow.RESPONSE_MEDIA_TYPE: {}}, "description": "Every instance stored"},
+                         202: {"description": "Some instances stored (FailedSOPSequence lists the others)"},
+                         409: {"description": "No instance stored"}, 415: {"model": Problem}, 400: {"model": Problem},
+                         413: {"model": Problem}})
+    async def stow_rs(request: Request) -> Response:
+        """STOW-RS: store instances (multipart/related; type="application/dicom"), each analysed
+        like an upload. The answer is the Store Instances Response (DICOM JSON)."""
+        body = await request.body()
+        try:
+            parts = stow.split_instances(request.headers.get("content-type"), body)
+        except stow.StowError as err:
+            raise HTTPException(status_code=err.status, detail=err.problem) from None
+        stored: list[stow.StoredInstance] = []
+        failed: list[stow.FailedInstance] = []
+        loop = asyncio.get_running_loop()
+        for part in parts:
+            path = await run_in_threadpool(_spool_bytes, part.data, service.spool)
+            try:
+                ds = _dicom_header(path)
+                sop_class = str(ds.get("SOPClassUID", "") or "") if ds is not None else ""
+                sop_instance = str(ds.get("SOPInstanceUID", "") or "") if ds is not None else ""
+                if part.content_type != stow.MEDIA_TYPE or ds is None or not sop_instance:
+                    failed.append(stow.FailedInstance(sop_class, sop_instance, stow.FAILURE_CANNOT_UNDERSTAND))
+                    continue
+                try:
+                    record, _ = await loop.run_in_executor(service.pool, service.process, path)
+                except UnsupportedTransferSyntaxError:
+                    failed.append(stow.FailedInstance(sop_class, sop_instance, stow.FAILURE_TRANSFER_SYNTAX))
+                except InputError as err:
+                    log.warning("STOW-RS: instance not analysed: %s", err.problem)
+                    failed.append(stow.FailedInstance(sop_class, sop_instance, stow.FAILURE_CANNOT_UNDERSTAND))
+                else:
+                    stored.append(stow.StoredInstance(sop_class, sop_instance, f"/v1/studies/{record.id}"))
+            finally:
+                path.unlink(missing_ok=True)
+        return JSONResponse(stow.response_dataset(stored, failed), status_code=stow.http_status(stored, failed),
+                            media_type=stow.RESPONSE_MEDIA_TYPE)
+
+    @app.get("/v1/outbox", response_model=OutboxSummary, tags=["dicom"])
+    def outbox() -> dict[str, Any]:
+        """Result objects waiting to be sent (with their attempts and last error) or refused for good."""
+        if service.dicom is None:
+            return {"destinations": [], "pending": 0, "failed": 0, "items": []}
+        return service.dicom.outbox_summary()
+
     @app.post("/v1/studies/{study_id}/read", response_model=StudyResult, responses=_ERRORS, tags=["studies"])
     def mark_read(study_id: str = PathParam(..., pattern=ID_PATTERN)) -> dict[str, Any]:
         """Mark a study read (it stays in the worklist with status ``read``)."""
@@ -487,13 +591,39 @@ def _record(service: Service, study_id: str) -> StudyRecord:
     return record
 
 
-def _artifact(service: Service, study_id: str, name: str) -> FileResponse:
+def _artifact(service: Service, study_id: str, name: str, media_type: str = "image/png") -> FileResponse:
     path = service.store.artifact(study_id, name)
     if path is None:
         exists = service.store.get(study_id) is not None
         raise HTTPException(status_code=404, detail=f"study {study_id} has no {name}" if exists
                             else f"no study {study_id}")
-    return FileResponse(path, media_type="image/png")
+    return FileResponse(path, media_type=media_type)
+
+
+def _dicom_node(settings: ServeSettings, hasher: UidHasher) -> Any:
+    """The DICOM side of the service, or None without the ``cxrlab[dicomnet]`` extra (an error
+    then when the settings ask for a listener or a destination)."""
+    try:
+        from cxrlab.serve.dicom_node import DicomNode          # pynetdicom, highdicom, dicomweb-client
+    except ImportError as err:
+        if settings.speaks_dicom:
+            raise ConfigError("--dicom-port/--forward", f"needs the dicomnet extra "
+                                                        f"(pip install 'cxrlab[dicomnet]'): {err}") from err
+        log.info("results as DICOM disabled: the dicomnet extra is not installed (%s)", err)
+        return None
+    return DicomNode(settings, hasher)
+
+
+def _spool_bytes(data: bytes, folder: Path) -> Path:
+    """Write one STOW-RS part to a private temporary file."""
+    fd, name = tempfile.mkstemp(prefix="stow-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name)
 
 
 def _spool(upload: UploadFile, folder: Path) -> Path:

@@ -438,7 +438,8 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-LOGGERS = ("", "cxrlab", "uvicorn", "uvicorn.error", "uvicorn.access", "fastapi", "pydicom", "py.warnings")
+LOGGERS = ("", "cxrlab", "uvicorn", "uvicorn.error", "uvicorn.access", "fastapi", "pydicom", "pynetdicom",
+           "py.warnings")
 """Loggers whose handlers (and own records) :func:`install_log_redaction` filters."""
 
 

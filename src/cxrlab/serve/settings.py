@@ -3,7 +3,7 @@
 Everything the service needs is one frozen :class:`ServeSettings`: the model run
 directories, the SQLite file, the folder for heatmap/mask PNGs, the bearer token and the
 limits. :meth:`ServeSettings.from_env` fills the secrets from the environment
-(``CXRLAB_API_TOKEN``, ``CXRLAB_UID_SALT``) so they never appear on a command line.
+(``CXRLAB_API_TOKEN``, ``CXRLAB_UID_SALT``, ``CXRLAB_FORWARD_STOW_TOKEN``) so they never appear on a command line.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cxrlab.errors import ConfigError
 from cxrlab.io import DEFAULT_MAX_PIXELS
+from cxrlab.serve.destinations import STOW_TOKEN_ENV, Destination, check_ae_title, parse_destinations
 
 TOKEN_ENV = "CXRLAB_API_TOKEN"
 SALT_ENV = "CXRLAB_UID_SALT"
@@ -44,6 +45,18 @@ class ServeSettings:
             ``<db>.key`` (created on first use, mode 0600) so repeats are recognised
             across restarts.
         max_pixels: Largest image (rows x cols) decoded; larger ones are refused with 422.
+        dicom_port: Port of the DICOM (C-ECHO/C-STORE) listener; None: no listener.
+        dicom_host: Address the DICOM listener binds.
+        ae_title: This node's AE title (called AE title the listener answers to, calling
+            AE title of the forwarding C-STOREs).
+        allow_ae: Calling AE titles the listener accepts; empty: any.
+        forward: ``AE@HOST:PORT`` destinations of the result objects (C-STORE).
+        forward_stow: STOW-RS base URLs the result objects are sent to.
+        forward_stow_token: Bearer token of the STOW-RS destinations (from
+            ``CXRLAB_FORWARD_STOW_TOKEN``).
+        outbox: Folder of results waiting to be sent; default ``<db>.outbox``.
+        forward_retry_initial_s: Wait after the first failed send; doubled per failure ...
+        forward_retry_max_s: ... up to this.
     """
 
     classifier: Path
@@ -59,6 +72,16 @@ class ServeSettings:
     critical_findings: tuple[str, ...] = DEFAULT_CRITICAL_FINDINGS
     uid_salt: bytes | None = field(default=None, repr=False)
     max_pixels: int = DEFAULT_MAX_PIXELS
+    dicom_port: int | None = None
+    dicom_host: str = "127.0.0.1"
+    ae_title: str = "CXRLAB"
+    allow_ae: tuple[str, ...] = ()
+    forward: tuple[str, ...] = ()
+    forward_stow: tuple[str, ...] = ()
+    forward_stow_token: str | None = field(default=None, repr=False)
+    outbox: Path | None = None
+    forward_retry_initial_s: float = 1.0
+    forward_retry_max_s: float = 60.0
 
     @property
     def artifact_dir(self) -> Path:
@@ -69,6 +92,21 @@ class ServeSettings:
     def salt_file(self) -> Path:
         """The file holding the generated UID salt when none is configured."""
         return Path(f"{self.db}.key")
+
+    @property
+    def outbox_dir(self) -> Path:
+        """Where results wait to be sent (private to the service user)."""
+        return Path(self.outbox) if self.outbox else Path(f"{self.db}.outbox")
+
+    @property
+    def destinations(self) -> list[Destination]:
+        """The parsed ``forward`` and ``forward_stow`` destinations."""
+        return parse_destinations(self.forward, self.forward_stow)
+
+    @property
+    def speaks_dicom(self) -> bool:
+        """True when a DICOM listener or a result destination is configured (needs ``cxrlab[dicomnet]``)."""
+        return self.dicom_port is not None or bool(self.forward) or bool(self.forward_stow)
 
     @property
     def auth_required(self) -> bool:
@@ -92,6 +130,15 @@ class ServeSettings:
             raise ConfigError("inference_workers", f"must be at least 1, got {self.inference_workers}")
         if self.max_pixels < 1:
             raise ConfigError("max_pixels", f"must be positive, got {self.max_pixels}")
+        if self.dicom_port is not None and not 0 <= self.dicom_port <= 65535:
+            raise ConfigError("--dicom-port", f"must be 0-65535, got {self.dicom_port}")
+        check_ae_title(self.ae_title, "--ae-title")
+        for title in self.allow_ae:
+            check_ae_title(title, "--allow-ae")
+        parse_destinations(self.forward, self.forward_stow)      # ConfigError when one is malformed
+        if not 0 < self.forward_retry_initial_s <= self.forward_retry_max_s:
+            raise ConfigError("forward_retry_initial_s", "must be positive and at most forward_retry_max_s, got "
+                                                         f"{self.forward_retry_initial_s} / {self.forward_retry_max_s}")
         for name in ("classifier", "screening", "pneumothorax"):
             path = getattr(self, name)
             if path is not None and not Path(path).exists():
@@ -113,4 +160,6 @@ class ServeSettings:
             settings = replace(settings, api_token=env[TOKEN_ENV])
         if settings.uid_salt is None and env.get(SALT_ENV):
             settings = replace(settings, uid_salt=env[SALT_ENV].encode())
+        if settings.forward_stow_token is None and env.get(STOW_TOKEN_ENV):
+            settings = replace(settings, forward_stow_token=env[STOW_TOKEN_ENV])
         return settings

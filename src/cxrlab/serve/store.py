@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 STATUSES = ("new", "read")
-ARTIFACT_NAMES = ("heatmap.png", "mask.png")
+RESULT_ARTIFACTS = ("sr.dcm", "seg.dcm", "sc.dcm")
+"""The de-identified DICOM results (cxrlab.serve.dicom_results) kept with a study."""
+ARTIFACT_NAMES = ("heatmap.png", "mask.png", *RESULT_ARTIFACTS)
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 _SCHEMA = """

@@ -748,7 +748,7 @@ def _run_child(chunk: list[FuzzCase], folder: Path, memory_mb: int, timeout: flo
                                   "max_pixels": max_pixels, "size": size,
                                   "folder": str(folder)}))
     env = {**os.environ, "PYTHONFAULTHANDLER": "0"}
-    child = subprocess.Popen([sys.executable, "-m", "cxrlab.io.fuzzing", str(job)],
+    child = subprocess.Popen([sys.executable, "-m", "cxrlab.data.fuzzing", str(job)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     by_id = {c.case_id: c for c in chunk}
     done: set[str] = set()
