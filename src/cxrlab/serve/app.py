@@ -31,6 +31,7 @@ through the persistent outbox.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
 import logging
 import os
@@ -265,7 +266,8 @@ class Service:
             if existing is not None:
                 return existing, True
         analysis = self.models.analyze(path)
-        header = safe_header(ds, self.hasher) if ds is not None else None
+        # de-identified on a copy: the results for the PACS are built from the original header
+        header = safe_header(copy.deepcopy(ds), self.hasher) if ds is not None else None
         rank, group, score = analysis.priority(self.settings.critical_findings)
         record = StudyRecord(id=uuid.uuid4().hex, created_at=utc_now(), status="new", priority_rank=rank,
                              priority_group=group, priority_score=float(score), sop_hash=sop_hash,
