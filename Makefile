@@ -27,6 +27,7 @@ demo: $(STAMP)
 # them when missing and possible, and otherwise says why the test will be skipped.
 test: $(STAMP)
 	bash scripts/ensure_chromium.sh
+	bash scripts/ensure_dicom_tools.sh
 	$(PY) -m pytest
 
 clean:
