@@ -85,7 +85,7 @@ def test_frontal_only(tmp_path):
 def _sources(folder: Path) -> list[str]:
     import json
 
-    return [record[0] for record in json.loads((folder / "sources.json").read_text())]
+    return [record[0] for record in json.loads((folder / "sources.json").read_text())["records"]]
 
 
 @pytest.mark.parametrize("args, message", [
