@@ -42,7 +42,7 @@ def test_builds_a_cache_and_reports(tmp_path):
     csv = write_generic(tmp_path / "set")
     result = runner.invoke(app, cache_args(csv, tmp_path / "c"))
     assert result.exit_code == 0, result.output
-    assert "cached 5 generic images at 24 px" in result.output
+    assert "cached 5 generic images at 24 px" in result.output, result.output
     assert "images/s" in result.output and "skipped 0" in result.output
     dataset = load_dataset("generic", csv=csv, root=csv.parent, label_cols=["A", "B"])
     cfg = PreprocessConfig(size=24)
@@ -50,11 +50,11 @@ def test_builds_a_cache_and_reports(tmp_path):
     np.testing.assert_array_equal(cache.images[3], preprocess(dataset.image(3).pixels, cfg))
 
 
-def test_existing_cache_needs_overwrite(tmp_path):
+def test_other_settings_need_overwrite(tmp_path):
     csv = write_generic(tmp_path / "set")
     assert runner.invoke(app, cache_args(csv, tmp_path / "c")).exit_code == 0
     again = runner.invoke(app, cache_args(csv, tmp_path / "c", "--clahe"))
-    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert again.exit_code == 2 and "clahe: cache False vs requested True" in again.output
     replaced = runner.invoke(app, cache_args(csv, tmp_path / "c", "--clahe", "--overwrite"))
     assert replaced.exit_code == 0, replaced.output
     assert ResolutionCache.open(tmp_path / "c").manifest["preprocess"]["clahe"] is True
