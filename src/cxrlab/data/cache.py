@@ -205,9 +205,11 @@ class CacheIdentity:
         return fingerprint([r[0]] for r in self.records)
 
 
-def dataset_identity(dataset: XrayDataset, cfg: PreprocessConfig) -> CacheIdentity:
+def dataset_identity(dataset: XrayDataset, cfg: PreprocessConfig,
+                     stat: bool = True) -> CacheIdentity:
     """The :class:`CacheIdentity` of ``dataset`` preprocessed with ``cfg`` (one ``stat``
-    per source file)."""
+    per source file; ``stat=False`` skips them and records sizes and mtimes as ``-1``,
+    enough to compare paths)."""
     paths = [os.path.abspath(str(p)) for p in dataset.table["path"].tolist()]
     if not paths:
         base = ""
@@ -218,6 +220,9 @@ def dataset_identity(dataset: XrayDataset, cfg: PreprocessConfig) -> CacheIdenti
     records = []
     for path in paths:
         rel = path[cut:]
+        if not stat:
+            records.append([rel, -1, -1])
+            continue
         try:
             st = os.stat(path)
             records.append([rel, int(st.st_size), int(st.st_mtime_ns)])
@@ -269,7 +274,7 @@ def _file_changes(identity: CacheIdentity, cached: list[list[Any]],
             added.append(i)
             continue
         seen.add(k)
-        if list(cached[k]) != list(row) or row[1] < 0:
+        if list(cached[k]) != list(row):
             modified.append(i)
         else:  # unchanged (an unreadable one stays skipped: its file did not change)
             reuse[i] = k
@@ -1062,7 +1067,7 @@ class ResolutionCache:
     def _check_dataset(self, dataset: XrayDataset, cfg: PreprocessConfig,
                        check_sources: bool) -> None:
         info = self.manifest["dataset"]
-        identity = dataset_identity(dataset, cfg)
+        identity = dataset_identity(dataset, cfg, stat=check_sources)
         why = settings_mismatch(self.manifest, identity)
         if why:
             raise self._stale(why)
@@ -1071,6 +1076,8 @@ class ResolutionCache:
         if identity.paths_key == info.get("paths_key") and not check_sources:
             return
         cached = self.source_records()
+        if not check_sources:  # compare paths only
+            cached = [[r[0], -1, -1] for r in cached]
         changes = _file_changes(identity, cached, set())
         other = _other_image_set(self.manifest, identity, changes)
         if other:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from cxrlab.config import ExperimentConfig, load_config, phase_value, save_confi
 from cxrlab.engine.callbacks import BestCheckpoints, EpochSeed
 from cxrlab.engine.module import ClassifierModule, OptimSpec
 from cxrlab.errors import ConfigError, MissingFileError
+from cxrlab.pipelines.classify_preflight import check_recipe
 from cxrlab.pipelines.classify_data import PreparedData, accumulation, make_loader, prepare_data
 from cxrlab.pipelines.run_dir import RunStatus, claim_run_directory, run_status
 from cxrlab.utils import atomic_write_json, atomic_write_text
@@ -148,8 +150,11 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True,
             to interrupt a run).
 
     Raises:
-        ConfigError: The run directory holds another run and ``resume`` is False.
+        ConfigError: The run directory holds another run and ``resume`` is False, or the
+            recipe check (paths and choices, before any work) failed.
     """
+    check_recipe(cfg, resume=resume)
+    fresh = not (resume and run_directory(cfg).is_dir())
     run_dir = claim_run_directory(run_directory(cfg), resume=resume, hint="pass --resume to continue it")
     if resume and (run_dir / "config.yaml").is_file():
         previous = load_config(run_dir / "config.yaml")
@@ -160,6 +165,13 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True,
     try:
         with run_status(run_dir) as status:
             _train_and_evaluate(cfg, run_dir, status, resume, progress, epoch_hook)
+    except BaseException:
+        # A start that failed while preparing the data (before split.json) must not
+        # block the same command from running again: the new run folder is removed.
+        if fresh and not (run_dir / "split.json").exists():
+            handler.close()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         logging.getLogger("cxrlab").removeHandler(handler)
         logging.getLogger("lightning").removeHandler(handler)
