@@ -51,10 +51,7 @@ class Lazy:
             return command
         if not isinstance(target, typer.Typer):
             raise TypeError(f"{self.module}.{self.attr} is not a typer.Typer")
-        if isinstance(target.info.cls, type) and issubclass(target.info.cls, LazyGroup):
-            command = typer.main.get_group(target)  # may have no eager command at all
-        else:
-            command = typer.main.get_command(target)
+        command = typer.main.get_group(target)  # a group even with one command (add_typer)
         command.name = name
         return command
 
