@@ -42,7 +42,7 @@ def test_builds_a_cache_and_reports(tmp_path):
     csv = write_generic(tmp_path / "set")
     result = runner.invoke(app, cache_args(csv, tmp_path / "c"))
     assert result.exit_code == 0, result.output
-    assert "cached 5 generic images at 24 px" in result.output
+    assert "cached 5 generic images at 24 px" in result.output, result.output
     assert "images/s" in result.output and "skipped 0" in result.output
     dataset = load_dataset("generic", csv=csv, root=csv.parent, label_cols=["A", "B"])
     cfg = PreprocessConfig(size=24)
@@ -50,11 +50,11 @@ def test_builds_a_cache_and_reports(tmp_path):
     np.testing.assert_array_equal(cache.images[3], preprocess(dataset.image(3).pixels, cfg))
 
 
-def test_existing_cache_needs_overwrite(tmp_path):
+def test_other_settings_need_overwrite(tmp_path):
     csv = write_generic(tmp_path / "set")
     assert runner.invoke(app, cache_args(csv, tmp_path / "c")).exit_code == 0
     again = runner.invoke(app, cache_args(csv, tmp_path / "c", "--clahe"))
-    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert again.exit_code == 2 and "clahe: cache False vs requested True" in again.output
     replaced = runner.invoke(app, cache_args(csv, tmp_path / "c", "--clahe", "--overwrite"))
     assert replaced.exit_code == 0, replaced.output
     assert ResolutionCache.open(tmp_path / "c").manifest["preprocess"]["clahe"] is True
@@ -85,7 +85,7 @@ def test_frontal_only(tmp_path):
 def _sources(folder: Path) -> list[str]:
     import json
 
-    return [record[0] for record in json.loads((folder / "sources.json").read_text())]
+    return [record[0] for record in json.loads((folder / "sources.json").read_text())["records"]]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -96,3 +96,39 @@ def _sources(folder: Path) -> list[str]:
 def test_dataset_selection_errors(tmp_path, args, message):
     result = runner.invoke(app, ["data", "cache", *args, "--out", str(tmp_path / "c")])
     assert result.exit_code == 2 and message in result.output
+
+
+def test_rerun_is_a_fast_noop_and_a_change_updates_alone(tmp_path):
+    csv = write_generic(tmp_path / "set")
+    assert runner.invoke(app, cache_args(csv, tmp_path / "c")).exit_code == 0
+    stamp = (tmp_path / "c" / "images.u8").stat().st_mtime_ns
+    again = runner.invoke(app, cache_args(csv, tmp_path / "c"))
+    assert again.exit_code == 0, again.output
+    assert "is up to date (5 images at 24 px); nothing to do" in again.output
+    assert (tmp_path / "c" / "images.u8").stat().st_mtime_ns == stamp
+    image = tmp_path / "set" / "images" / "x3.png"
+    cv2.imwrite(str(image), np.full((30, 30), 77, np.uint8))
+    updated = runner.invoke(app, cache_args(csv, tmp_path / "c"))
+    assert updated.exit_code == 0, updated.output
+    assert "processed 1 in" in updated.output and "copied 4" in updated.output
+    assert "1 modified (size or modification time): x3.png" in updated.output
+
+
+def test_check_reports_and_finds_damage(tmp_path):
+    csv = write_generic(tmp_path / "set")
+    assert runner.invoke(app, cache_args(csv, tmp_path / "c")).exit_code == 0
+    ok = runner.invoke(app, ["data", "cache", "--check", str(tmp_path / "c"), "--checksums"])
+    assert ok.exit_code == 0, ok.output
+    assert "5 generic images at 24 px" in ok.output and "checksums of all 5 items" in ok.output
+    against = runner.invoke(app, ["data", "cache", "--check", str(tmp_path / "c"), "--dataset",
+                                  "generic", "--csv", str(csv), "--root", str(csv.parent),
+                                  "--option", "label_cols=A,B", "--size", "24"])
+    assert against.exit_code == 0 and "matches the dataset's 5 source files" in against.output
+    payload = bytearray((tmp_path / "c" / "images.u8").read_bytes())
+    payload[2 * 24 * 24 + 5] ^= 0x0F
+    (tmp_path / "c" / "images.u8").write_bytes(bytes(payload))
+    assert runner.invoke(app, ["data", "cache", "--check", str(tmp_path / "c")]).exit_code == 0
+    bad = runner.invoke(app, ["data", "cache", "--check", str(tmp_path / "c"), "--checksums"])
+    assert bad.exit_code == 2 and "items 2)" in bad.output
+    neither = runner.invoke(app, ["data", "cache", "--dataset", "generic"])
+    assert neither.exit_code == 2 and "--out DIR" in neither.output

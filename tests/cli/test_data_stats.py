@@ -134,3 +134,16 @@ def test_folder_and_mimic_through_shared_options(tmp_path):
                        "--level", "study", "--json")
     assert per_study.exit_code == 0, per_study.output
     assert json.loads(per_study.stdout)["No Finding"] == {"n": 1, "positive": 1, "negative": 0}
+
+
+def test_skip_that_skips_every_row_is_an_error(tmp_path, chexpert_raw):
+    """Issue 17, item 7: a wrong --root with --check-files --on-error skip used to exit 0
+    with every count at zero."""
+    csv = tmp_path / "train.csv"
+    chexpert_raw.iloc[:50].to_csv(csv, index=False)
+    result = _stats("-d", "chexpert", "--csv", str(csv), "--root", str(tmp_path / "wrong"),
+                    "--check-files", "--on-error", "skip", "--json")
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert "every row was skipped (50 in all" in " ".join(lines)
+    assert "check the root folder" in result.stderr

@@ -106,8 +106,9 @@ def test_bad_rows(tmp_path):
     assert data.skips.count == 3
     assert isinstance(data.skips.skipped[1], CSVFormatError)
     assert "train.csv:4" in str(data.skips.skipped[1])
-    skipped = VindrDataset(csv, on_error="skip")  # no images at all: every image skipped
-    assert len(skipped) == 0 and skipped.skips.count == 4
+    # no images at all: a skip that skips every row is an error (issue 17, item 7)
+    with pytest.raises(LabelValueError, match=r"every row was skipped \(4 in all"):
+        VindrDataset(csv, on_error="skip")
     clean = tmp_path / "clean.csv"
     clean.write_text(f"{HEADER}\nzzz,No finding,14,R1,,,,\naaa,Cardiomegaly,3,R1,5,10,15,20\n")
     with pytest.raises(MissingFileError, match=r"clean\.csv:2.*zzz"):

@@ -73,3 +73,50 @@ def test_invalid_inputs() -> None:
         PositiveShareSampler(np.array([0.0, 1.0]), pos_share=1.5)
     only_positives = PositiveShareSampler(np.array([1.0, 1.0, 0.0]), pos_share=1.0)
     assert sorted(set(only_positives)) == [0, 1]
+
+
+# ------------------------------------------------------------- quasi-random block order
+
+
+@pytest.mark.parametrize("n, block, window", [(1000, 37, 4), (64, 8, 1), (10, 64, 4), (0, 5, 2)])
+def test_block_order_visits_every_item_once(n, block, window):
+    from cxrlab.data.samplers import BlockShuffleSampler
+
+    sampler = BlockShuffleSampler(n, block, seed=5, window=window)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert len(order) == len(sampler) == n
+        assert sorted(order) == list(range(n))
+
+
+def test_block_order_is_fixed_by_seed_and_epoch_and_stays_local():
+    from cxrlab.data.samplers import BlockShuffleSampler
+
+    n, block, window = 2000, 50, 4
+    one, two = BlockShuffleSampler(n, block, seed=7), BlockShuffleSampler(n, block, seed=7)
+    one.set_epoch(3)
+    two.set_epoch(3)
+    assert list(one) == list(two)  # what a resumed run gets after set_epoch
+    two.set_epoch(4)
+    assert list(one) != list(two)
+    assert list(BlockShuffleSampler(n, block, seed=8)) != list(BlockShuffleSampler(n, block, seed=7))
+    order = np.asarray(list(one))
+    span = block * window
+    for start in range(0, n, span):  # each window reads `window` blocks, nothing else
+        blocks = np.unique(order[start:start + span] // block)
+        assert len(blocks) == window
+    assert not np.array_equal(order, np.arange(n))  # shuffled across blocks ...
+    assert np.abs(np.diff(order[:span])).max() > block  # ... and across a window's blocks
+    assert list(BlockShuffleSampler(n, block, shuffle=False)) == list(range(n))
+
+
+def test_block_sampler_arguments_and_block_size():
+    from cxrlab.data.samplers import BlockShuffleSampler, block_items
+
+    assert block_items(320 * 320) == 81 and block_items(480 * 480) == 36
+    assert block_items(10 << 20) == 1
+    with pytest.raises(ConfigError):
+        BlockShuffleSampler(10, 0)
+    with pytest.raises(ConfigError):
+        BlockShuffleSampler(10, 4, window=0)

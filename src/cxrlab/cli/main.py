@@ -8,35 +8,60 @@ import warnings
 import typer
 
 from cxrlab import __version__
-from cxrlab.cli import dashboard as dashboard_cli
-from cxrlab.cli import data as data_cli
-from cxrlab.cli import explain as explain_cli
-from cxrlab.cli import metrics as metrics_cli
-from cxrlab.cli import metrics_segmentation as metrics_segmentation_cli
-from cxrlab.cli import model as model_cli
-from cxrlab.cli import screen as screen_cli
-from cxrlab.cli import seg as seg_cli
-from cxrlab.cli import serve as serve_cli
-from cxrlab.cli import study as study_cli
-from cxrlab.cli import train as train_cli
+from cxrlab.cli._lazy import Lazy, lazy_group
+
+
+def _metrics_app() -> typer.Typer:
+    """``cxrlab metrics`` with the segmentation scores added."""
+    from cxrlab.cli import metrics, metrics_segmentation
+
+    if "segmentation" not in {c.name for c in metrics.app.registered_commands}:
+        metrics_segmentation.register_segmentation_metrics(metrics.app)
+    return metrics.app
+
+
+#: Every sub-command, imported only when it runs (see cxrlab.cli._lazy); one line each.
+COMMANDS = {
+    "data": Lazy("cxrlab.cli.data", "app", "Datasets: statistics, RLE masks, preprocessing, "
+                                           "caches, phantoms."),
+    "metrics": Lazy("cxrlab.cli.main", "_metrics_app", "Score predictions from a CSV or mask "
+                                                       "folders.", kind="factory"),
+    "model": Lazy("cxrlab.cli.model", "app", "Model architectures: parameter counts and "
+                                             "features."),
+    "study": Lazy("cxrlab.cli.study", "app", "Scaling studies (seed 001): run the grid, then "
+                                             "tables and figures."),
+    "explain": Lazy("cxrlab.cli.explain", "app", "Grad-CAM family maps and their localization "
+                                                 "scores."),
+    "train": Lazy("cxrlab.cli.train", "register", "Train a classifier from a recipe; writes a "
+                                                  "run directory.", kind="register"),
+    "evaluate": Lazy("cxrlab.cli.train", "register", "Score a run's best checkpoint.",
+                     kind="register"),
+    "predict": Lazy("cxrlab.cli.train", "register", "Per-image probabilities and decisions.",
+                    kind="register"),
+    "compare": Lazy("cxrlab.cli.train", "register", "Per-task delta AUROC of two runs with "
+                                                    "paired DeLong p-values.", kind="register"),
+    "dam": Lazy("cxrlab.cli.train", "register", "Train BCE and DAM on the same split and "
+                                                "compare.", kind="register"),
+    "demo": Lazy("cxrlab.cli.train", "register", "Phantoms, a small CPU model, evaluation, a "
+                                                 "real DICOM.", kind="register"),
+    "serve": Lazy("cxrlab.cli.serve", "register", "The HTTP inference service.",
+                  kind="register"),
+    "screen": Lazy("cxrlab.cli.screen", "app", "Normal screening: per-disease multi-task "
+                                               "ensemble + SVM (seed 003)."),
+    "seg": Lazy("cxrlab.cli.seg", "app", "Pneumothorax segmentation: baseline U-Net vs the "
+                                         "gated cascade."),
+    "dashboard": Lazy("cxrlab.cli.dashboard", "register", "The evaluation dashboard "
+                                                          "(Streamlit) over a run root.",
+                      kind="register"),
+}
 
 app = typer.Typer(
     name="cxrlab",
+    cls=lazy_group(COMMANDS),
     help="Deep learning on chest radiographs: data, training, evaluation, explanation.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(data_cli.app, name="data")
-app.add_typer(metrics_cli.app, name="metrics")
-app.add_typer(model_cli.app, name="model")
-app.add_typer(study_cli.app, name="study")
-app.add_typer(explain_cli.app, name="explain")
-train_cli.register(app)
-serve_cli.register(app)
-screen_cli.register(app)
-app.add_typer(seg_cli.app, name="seg")
-metrics_segmentation_cli.register_segmentation_metrics(metrics_cli.app)
-dashboard_cli.register(app)
 
 
 def _version(value: bool) -> None:

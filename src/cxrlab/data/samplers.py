@@ -143,3 +143,80 @@ def _cycle(pool: torch.Tensor, count: int, generator: torch.Generator) -> torch.
         return pool[:0]
     passes = [pool[torch.randperm(len(pool), generator=generator)] for _ in range(math.ceil(count / len(pool)))]
     return torch.cat(passes)[:count]
+
+
+def block_items(item_bytes: int, block_bytes: int = 8 << 20) -> int:
+    """Items per read block: as many whole items as fit in ``block_bytes`` (at least 1).
+
+    8 MiB holds 81 items at 320 px (100 KiB each) and 36 at 480 px: large enough that
+    one read per block runs at the disk's sequential speed, small enough that a window
+    of a few blocks stays far below memory.
+    """
+    return max(1, int(block_bytes) // max(1, int(item_bytes)))
+
+
+class BlockShuffleSampler(Sampler[int]):
+    """Quasi-random order for a store larger than memory (FFCV's ``QUASI_RANDOM``).
+
+    The ``n`` items are cut into blocks of ``block_size`` consecutive indices; each
+    epoch the blocks are shuffled, consecutive shuffled blocks are grouped into windows
+    of ``window`` blocks, and the items of each window are shuffled together. Reading a
+    memory-mapped store in this order touches one window (``window × block_size``
+    items) at a time, so each block can be read ahead sequentially
+    (:meth:`~cxrlab.data.cache.ResolutionCache.prefetch_block`) instead of one random
+    disk read per item, while a batch still mixes items of ``window`` random places of
+    the dataset. With ``n <= block_size * window`` the order is a full permutation.
+
+    Every epoch visits every index exactly once; the order is a pure function of
+    ``(seed, epoch)`` (the same derivation as
+    :class:`~cxrlab.engine.callbacks.EpochShuffleSampler`), so a resumed run that calls
+    :meth:`set_epoch` gets the order an uninterrupted run would have had.
+
+    Args:
+        n: Number of items.
+        block_size: Consecutive items per block (see :func:`block_items`).
+        seed: Base seed.
+        window: Blocks whose items are mixed together.
+        shuffle: False keeps the natural order.
+
+    Raises:
+        ConfigError: ``n`` negative, ``block_size`` or ``window`` below 1.
+    """
+
+    def __init__(self, n: int, block_size: int, seed: int = 0, window: int = 4,
+                 shuffle: bool = True) -> None:
+        if int(n) < 0:
+            raise ConfigError("sampler.n", f"must be >= 0, got {n}")
+        if int(block_size) < 1 or int(window) < 1:
+            raise ConfigError("sampler.block_size", f"block_size and window must be >= 1, "
+                                                    f"got {block_size} and {window}")
+        self.n = int(n)
+        self.block_size = int(block_size)
+        self.window = int(window)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def order(self) -> np.ndarray:
+        """This epoch's order as an int64 array."""
+        if not self.shuffle or self.n == 0:
+            return np.arange(self.n, dtype=np.int64)
+        generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        n_blocks = math.ceil(self.n / self.block_size)
+        blocks = torch.randperm(n_blocks, generator=generator).numpy()
+        parts = []
+        for w in range(0, n_blocks, self.window):
+            items = np.concatenate([np.arange(b * self.block_size,
+                                              min(self.n, (b + 1) * self.block_size))
+                                    for b in blocks[w:w + self.window]])
+            parts.append(items[torch.randperm(len(items), generator=generator).numpy()])
+        return np.concatenate(parts).astype(np.int64)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order().tolist())

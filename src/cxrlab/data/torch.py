@@ -57,6 +57,11 @@ class ImageDataset(Dataset):
         with_masks: Also return the mask (the dataset must have masks).
         indices: Dataset rows to serve, in this order (default: all). Images the cache
             skipped as unreadable are left out.
+        read_block: With a cache, read the cache ahead in blocks of this many items
+            (:meth:`~cxrlab.data.cache.ResolutionCache.prefetch_block`, once per block
+            and process): pair it with a
+            :class:`~cxrlab.data.samplers.BlockShuffleSampler` of the same block size
+            when the cache is larger than memory. ``None``: no read-ahead.
 
     Items are dicts: ``image`` FloatTensor ``(C, S, S)``; ``labels`` FloatTensor ``[K]``
     (``dataset.labels`` row, NaN kept); ``index`` int (the dataset row); with masks
@@ -78,6 +83,7 @@ class ImageDataset(Dataset):
         cache: ResolutionCache | str | Path | None = None,
         with_masks: bool = False,
         indices: Sequence[int] | np.ndarray | None = None,
+        read_block: int | None = None,
     ) -> None:
         if channels not in (1, 3):
             raise ConfigError(None, f"channels must be 1 or 3, got {channels!r}")
@@ -96,6 +102,7 @@ class ImageDataset(Dataset):
         self.cache = cache
         self.with_masks = with_masks
         self.indices = self._select(indices)
+        self.read_block = int(read_block) if read_block else None
         self._labels = torch.from_numpy(np.asarray(dataset.labels, dtype=np.float32))
         self._augment_seed: int | None = None
 
@@ -145,6 +152,8 @@ class ImageDataset(Dataset):
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray | None, bool]:
         """uint8 image, uint8 0/1 mask (or ``None`` without masks) and whether it is known."""
         if self.cache is not None:
+            if self.read_block:
+                self.cache.prefetch_block(i, self.read_block)
             image = np.array(self.cache.images[i])
             if not self.with_masks:
                 return image, None, False

@@ -26,12 +26,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
-from scipy.stats import rankdata
 
 from cxrlab.errors import InputError
 from cxrlab.metrics._inputs import as_binary, as_multilabel, check_confidence
 from cxrlab.metrics.calibration import expected_calibration_error, reliability_curve
-from cxrlab.metrics.delong import delong_ci, delong_covariance, delong_paired_test
+from cxrlab.metrics.delong import delong_ci, delong_covariance, delong_paired_test, rankdata
 
 __all__ = [
     "auroc",

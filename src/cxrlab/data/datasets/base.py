@@ -236,6 +236,11 @@ class XrayDataset:
         raw_labels = np.asarray(raw_labels, dtype=np.float32).reshape(len(table), len(pathologies))
         if missing:
             raise CSVFormatError(source, f"adapter table lacks column(s) {missing}")
+        if len(table) == 0 and skips.count:
+            # on_error="skip" that skipped everything is a wrong path or root, not data.
+            first = skips.skipped[0]
+            raise type(first)(source, f"every row was skipped ({skips.count} in all; the "
+                                      f"first: {first}); check the root folder and the paths")
         table = table.reset_index(drop=True)
         for column in ("path", "patient_id", "study_id", "view"):
             table[column] = table[column].astype(str)

@@ -7,8 +7,6 @@ validation and test cases — the condition of a paired DeLong comparison.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ import torch
 
 from cxrlab.config import DataConfig, ExperimentConfig
 from cxrlab.data.transforms import PreprocessConfig
-from cxrlab.errors import CacheError, ConfigError
+from cxrlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -90,35 +88,37 @@ def task_columns(dataset, tasks: tuple[str, ...]) -> tuple[list[str], list[int]]
     return names, [dataset.pathologies.index(t) for t in names]
 
 
-def dataset_fingerprint(dataset, pcfg: PreprocessConfig) -> str:
-    """Short hash of the dataset's image list and the preprocessing parameters."""
-    digest = hashlib.sha1()
-    digest.update(dataset.name.encode())
-    digest.update("\n".join(dataset.table["path"].astype(str)).encode())
-    digest.update(json.dumps(pcfg.to_dict(), sort_keys=True).encode())
-    return digest.hexdigest()[:12]
+def cache_store(root: Path) -> Path:
+    """The folder of caches that ``cache: auto`` searches and builds in."""
+    return Path(root) / "cache"
 
 
-def open_or_build_cache(dataset, pcfg: PreprocessConfig, data: DataConfig, root: Path, workers: int):
-    """The resolution cache the recipe asks for; built once when ``cache: auto``."""
-    from cxrlab.data.cache import ResolutionCache, build_cache
+def open_or_build_cache(dataset, pcfg: PreprocessConfig, data: DataConfig, root: Path, workers: int,
+                        role: str = "train"):
+    """The resolution cache the recipe asks for, reused, updated or built.
+
+    ``cache: auto`` finds the dataset's cache by content (relative paths, sizes,
+    modification times, preprocessing) in ``root/cache`` — wherever the data lives — and
+    updates it incrementally when source files changed. An explicit folder is the
+    training set's cache (reused, updated, or refused with the cause when it was built
+    with other settings); every other role (the separate validation set) gets its own
+    cache, found among the explicit folder's neighbours or in ``root/cache``, so the two
+    sets are never checked against each other.
+    """
+    from cxrlab.data.cache import auto_cache, ensure_cache
 
     if data.cache == "none":
         return None
+    store = cache_store(root)
     if data.cache == "auto":
-        folder = Path(root) / "cache" / f"{dataset.name}-{dataset_fingerprint(dataset, pcfg)}-{pcfg.size}"
+        result = auto_cache(dataset, pcfg, store, workers=workers, on_error=data.on_error)
+    elif role == "train":
+        result = ensure_cache(dataset, pcfg, Path(data.cache), workers=workers, on_error=data.on_error)
     else:
-        folder = Path(data.cache)
-    if folder.exists():
-        try:
-            return ResolutionCache.open(folder, dataset=dataset, cfg=pcfg)
-        except CacheError:
-            if data.cache != "auto":
-                raise
-            log.warning("cache %s is stale; rebuilding it", folder)
-    log.info("building the %d px resolution cache of %d images in %s", pcfg.size, len(dataset), folder)
-    return build_cache(dataset, pcfg, folder, workers=workers, progress=False,
-                       on_error=data.on_error, overwrite=True)
+        result = auto_cache(dataset, pcfg, store, extra_stores=[Path(data.cache).parent], workers=workers,
+                            on_error=data.on_error)
+    log.info("%s set: %s", role, result.message())
+    return result.cache
 
 
 def _fractions(split: dict[str, float], drop_valid: bool) -> dict[str, float]:
@@ -130,7 +130,7 @@ def _fractions(split: dict[str, float], drop_valid: bool) -> dict[str, float]:
 
 
 def prepare_data(cfg: ExperimentConfig, cache_root: Path | None = None) -> PreparedData:
-    """Open, split and cache the recipe's data."""
+    """Open and split the recipe's data, check both sets, then find or build their caches."""
     from cxrlab.data.splits import patient_split
 
     data = cfg.data
@@ -139,41 +139,53 @@ def prepare_data(cfg: ExperimentConfig, cache_root: Path | None = None) -> Prepa
     pcfg = preprocess_config(data)
     dataset = open_dataset(data, dict(data.options))
     names, columns = task_columns(dataset, data.tasks)
-    cache_root = Path(cache_root or cfg.output.root)
-    workers = max(int(data.num_workers), 1)
-    cache = open_or_build_cache(dataset, pcfg, data, cache_root, workers)
-
     separate_valid = bool(data.valid_options)
+    valid = None
+    if separate_valid:  # opened and checked before any cache is built
+        valid = open_dataset(data, dict(data.valid_options))
+        task_columns(valid, tuple(names))
+        if len(valid) == 0:
+            raise ConfigError("data.valid_options", "the validation set has no images")
     fractions = _fractions(dict(data.split), drop_valid=separate_valid)
     if len(fractions) == 1:
         parts = {"train": np.arange(len(dataset))}
     else:
         parts = patient_split(dataset.table["patient_id"].astype(str).to_numpy(),
                               fractions=fractions, seed=data.split_seed)
-    splits = {name: SplitData(dataset, np.asarray(idx, dtype=np.int64), cache) for name, idx in parts.items()}
-    if separate_valid:
-        valid = open_dataset(data, dict(data.valid_options))
-        task_columns(valid, tuple(names))
-        valid_cache = open_or_build_cache(valid, pcfg, data, cache_root, workers)
-        splits["valid"] = SplitData(valid, np.arange(len(valid)), valid_cache)
-    if "valid" not in splits or len(splits["valid"].indices) == 0:
+    if not separate_valid and len(parts.get("valid", [])) == 0:
         raise ConfigError("data.split", "the recipe yields no validation images")
+
+    cache_root = Path(cache_root or cfg.output.root)
+    workers = max(int(data.num_workers), 1)
+    cache = open_or_build_cache(dataset, pcfg, data, cache_root, workers)
+    splits = {name: SplitData(dataset, np.asarray(idx, dtype=np.int64), cache) for name, idx in parts.items()}
+    if valid is not None:
+        valid_cache = open_or_build_cache(valid, pcfg, data, cache_root, workers, role="valid")
+        splits["valid"] = SplitData(valid, np.arange(len(valid)), valid_cache)
     return PreparedData(splits, names, columns, pcfg, data.channels, data.normalization)
 
 
 def make_loader(prepared: PreparedData, split: str, cfg: ExperimentConfig, train: bool,
                 shuffle_seed: int = 0) -> torch.utils.data.DataLoader:
     """A DataLoader over one split (training: augmented, shuffled per epoch)."""
+    from cxrlab.data.samplers import BlockShuffleSampler, block_items
     from cxrlab.data.torch import ImageDataset, default_train_augment
     from cxrlab.engine.callbacks import EpochShuffleSampler
 
     part = prepared.splits[split]
     augment = default_train_augment("classification", seed=cfg.seed) if (train and cfg.data.augment) else None
+    block = block_items(part.cache.item_bytes) if part.cache is not None else None
     ds = ImageDataset(part.dataset, prepared.preprocess, channels=prepared.channels,
                       normalization=prepared.normalization, augment=augment, cache=part.cache,
-                      indices=part.indices)
+                      indices=part.indices, read_block=block)
     micro = cfg.data.micro_batch or cfg.data.batch_size
-    sampler = EpochShuffleSampler(len(ds), shuffle_seed, shuffle=train and cfg.train.shuffle)
+    shuffle = train and cfg.train.shuffle
+    if block is not None:
+        # Quasi-random order over the cache: blocks read ahead sequentially, so a cache
+        # larger than memory is not read item by item at random (see BlockShuffleSampler).
+        sampler = BlockShuffleSampler(len(ds), block, seed=shuffle_seed, shuffle=shuffle)
+    else:
+        sampler = EpochShuffleSampler(len(ds), shuffle_seed, shuffle=shuffle)
     workers = int(cfg.data.num_workers)
     return torch.utils.data.DataLoader(
         ds,

@@ -19,6 +19,7 @@ A run directory holds everything a run produced::
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from cxrlab.engine.callbacks import BestCheckpoints, EpochSeed
 from cxrlab.engine.module import ClassifierModule
 from cxrlab.engine.optim import OptimSpec
 from cxrlab.runs.rundir import RunStatus, claim_run_directory, run_status
+from cxrlab.tasks.classification.preflight import check_recipe
 from cxrlab.tasks.classification.data import (
     PreparedData,
     accumulation,
@@ -152,8 +154,11 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True,
             to interrupt a run).
 
     Raises:
-        ConfigError: The run directory holds another run and ``resume`` is False.
+        ConfigError: The run directory holds another run and ``resume`` is False, or the
+            recipe check (paths and choices, before any work) failed.
     """
+    check_recipe(cfg, resume=resume)
+    fresh = not (resume and run_directory(cfg).is_dir())
     run_dir = claim_run_directory(run_directory(cfg), resume=resume, hint="pass --resume to continue it",
                                   kind="classification")
     if resume and (run_dir / "config.yaml").is_file():
@@ -165,6 +170,13 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True,
     try:
         with run_status(run_dir) as status:
             _train_and_evaluate(cfg, run_dir, status, resume, progress, epoch_hook)
+    except BaseException:
+        # A start that failed while preparing the data (before split.json) must not
+        # block the same command from running again: the new run folder is removed.
+        if fresh and not (run_dir / "split.json").exists():
+            handler.close()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         logging.getLogger("cxrlab").removeHandler(handler)
         logging.getLogger("lightning").removeHandler(handler)
