@@ -24,7 +24,8 @@ demo: $(STAMP)
 	@echo "Open the dashboard on the demo's runs:  $(VENV)/bin/cxrlab dashboard --runs runs/demo"
 
 # The dashboard's browser test needs Debian's chromium + chromium-driver; the script installs
-# them when missing and possible, and otherwise says why the test will be skipped.
+# them when missing and possible, and otherwise says why the test will be skipped. The DICOM
+# node tests need dcmtk, dicom3tools and orthanc; ensure_dicom_tools.sh does the same for them.
 test: $(STAMP)
 	bash scripts/ensure_chromium.sh
 	bash scripts/ensure_dicom_tools.sh

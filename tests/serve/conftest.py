@@ -214,3 +214,68 @@ def start_server(tmp_path):
     yield start
     for server in started:
         server.stop()
+
+
+# --------------------------------------------------------------------------- DICOM node (issue 14)
+
+DICOM_TOOLS = {"storescu": "/usr/bin/storescu", "storescp": "/usr/bin/storescp", "echoscu": "/usr/bin/echoscu",
+               "dsrdump": "/usr/bin/dsrdump", "dciodvfy": "/usr/bin/dciodvfy", "Orthanc": "/usr/sbin/Orthanc"}
+"""Debian's DCMTK, dicom3tools and Orthanc by absolute path: the virtualenv's bin/ holds
+pynetdicom's Python `storescu`/`storescp`, which must not be taken for DCMTK's."""
+
+
+@pytest.fixture(scope="session")
+def dicom_tool():
+    """``dicom_tool(name) -> path`` of a Debian DICOM program; skips (with the reason) when missing."""
+
+    def find(name: str) -> str:
+        path = DICOM_TOOLS[name]
+        if not os.access(path, os.X_OK):
+            pytest.skip(f"{path} is not installed (bash scripts/ensure_dicom_tools.sh installs dcmtk, "
+                        "dicom3tools and orthanc)")
+        return path
+
+    return find
+
+
+class StoreSCP:
+    """DCMTK's ``storescp`` on a loopback port, every received object in its own file (``+uf``)."""
+
+    def __init__(self, binary: str, folder: Path, port: int, ae_title: str = "STORESCP") -> None:
+        self.folder, self.port, self.ae_title = folder, port, ae_title
+        folder.mkdir(parents=True, exist_ok=True)
+        self._log = open(folder.parent / f"storescp-{port}.log", "ab")
+        self.proc = subprocess.Popen([binary, "-aet", ae_title, "-od", str(folder), "+uf", str(port)],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        time.sleep(0.3)
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.is_file())
+
+    def wait_for(self, count: int, timeout: float = 60.0) -> list[Path]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self.files()) < count:
+            time.sleep(0.1)
+        time.sleep(0.3)
+        return self.files()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self._log.close()
+
+
+@pytest.fixture
+def start_storescp(tmp_path, dicom_tool):
+    """``start_storescp(port=None, name="recv") -> StoreSCP``; stopped at teardown."""
+    started: list[StoreSCP] = []
+
+    def start(port: int | None = None, name: str = "recv") -> StoreSCP:
+        scp = StoreSCP(dicom_tool("storescp"), tmp_path / name, port or free_port())
+        started.append(scp)
+        return scp
+
+    yield start
+    for scp in started:
+        scp.stop()

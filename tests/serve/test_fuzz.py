@@ -20,8 +20,8 @@ TOKEN = "fuzz-token-0123456"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 OPERATIONS = [("GET", "/healthz"), ("POST", "/v1/studies"), ("GET", "/v1/studies/{study_id}"),
               ("GET", "/v1/studies/{study_id}/heatmap.png"), ("GET", "/v1/studies/{study_id}/mask.png"),
-              ("POST", "/v1/studies/{study_id}/read"), ("GET", "/v1/worklist"), ("GET", "/v1/outbox"),
-              ("POST", "/dicomweb/studies"), ("GET", "/v1/studies/{study_id}/results/{name}")]
+              ("POST", "/v1/studies/{study_id}/read"), ("GET", "/v1/worklist"),
+              ("GET", "/v1/studies/{study_id}/results/{name}"), ("POST", "/dicomweb/studies"), ("GET", "/v1/outbox")]
 
 
 @pytest.fixture(scope="module")

@@ -178,3 +178,64 @@ def test_remembered_values_match_whole_words_only():
     redactor.remember(["ward", "9RG1", "ab"])
     assert redactor.redact("sent forward to ward 3 (9RG1)") == "sent forward to <redacted> 3 (<redacted>)"
     assert redactor.redact("ab is too short to be remembered") == "ab is too short to be remembered"
+
+
+def _multipart(parts: list[bytes], boundary: str = "cxrlab-test-boundary") -> tuple[bytes, str]:
+    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n"
+                    for part in parts) + b"--" + boundary.encode() + b"--\r\n"
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def test_no_phi_on_the_stow_and_dimse_paths(make_settings, model_set, auth, rg1, rg1_dir, rg1_phi, caplog):
+    pytest.importorskip("pynetdicom")
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ComputedRadiographyImageStorage
+
+    from .conftest import free_port
+
+    settings = make_settings(dicom_port=free_port(), forward=(f"PACS@127.0.0.1:{free_port()}",),
+                             forward_retry_initial_s=5.0, forward_retry_max_s=5.0)   # a destination that is down
+    caplog.set_level(logging.DEBUG)
+    app = create_app(settings, models=model_set)
+    with TestClient(app) as client:
+        body, content_type = _multipart([rg1.read_bytes(), b"not a dicom file"])
+        stow = client.post("/dicomweb/studies", content=body, headers={**auth, "Content-Type": content_type})
+        assert stow.status_code == 202, stow.text                         # one stored, one failed
+        assert stow.headers["content-type"].startswith("application/dicom+json")
+        answer = stow.json()
+        referenced = answer["00081199"]["Value"]
+        assert referenced[0]["00081155"]["Value"] == [rg1_phi["SOPInstanceUID"]]   # the sender's own UID, echoed
+        assert answer["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+        unauthorized = client.post("/dicomweb/studies", content=body, headers={"Content-Type": content_type})
+        assert unauthorized.status_code == 401
+        assert client.post("/dicomweb/studies", content=b"x", headers={**auth, "Content-Type": "image/png"}
+                           ).status_code == 415
+
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(ComputedRadiographyImageStorage)
+        assoc = ae.associate("127.0.0.1", settings.dicom_port, ae_title="CXRLAB")
+        assert assoc.is_established
+        status = assoc.send_c_store(pydicom.dcmread(rg1_dir / "RG1_UNCR.dcm"))
+        assoc.release()
+        assert status.Status == 0x0000                                    # a repeat: stored once
+        worklist = client.get("/v1/worklist", headers=auth)
+        assert worklist.json()["total"] == 1
+        study_id = worklist.json()["items"][0]["study_id"]
+        sr = client.get(f"/v1/studies/{study_id}/results/sr.dcm", headers=auth)
+        assert sr.status_code == 200
+        outbox = client.get("/v1/outbox", headers=auth)
+        assert outbox.json()["pending"] == 2
+        answers = (worklist.text + client.get(f"/v1/studies/{study_id}", headers=auth).text + outbox.text
+                   + sr.content.decode("latin-1") + stow.text.replace(rg1_phi["SOPInstanceUID"], ""))
+    assert _leaks(answers, rg1_phi) == []
+    files = [settings.db, *settings.db.parent.glob(settings.db.name + "-*"), *settings.artifact_dir.rglob("*")]
+    blob = b"".join(p.read_bytes() for p in files if p.is_file())
+    for name, value in rg1_phi.items():
+        assert value.encode().lower() not in blob.lower(), name
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert _leaks(logged, rg1_phi) == []
+    # the identifiers the PACS needs live only in the outbox, readable by the service user only
+    held = [p for p in settings.outbox_dir.rglob("*.dcm")]
+    assert len(held) == 2 and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in held)
+    assert stat.S_IMODE(settings.outbox_dir.stat().st_mode) == 0o700
+    assert all(pydicom.dcmread(p).PatientName == rg1_phi["PatientName"] for p in held)

@@ -266,8 +266,8 @@ class Service:
             if existing is not None:
                 return existing, True
         analysis = self.models.analyze(path)
-        # de-identified on a copy: the results for the PACS are built from the original header
-        header = safe_header(copy.deepcopy(ds), self.hasher) if ds is not None else None
+        original = copy.deepcopy(ds) if self.dicom is not None and ds is not None else None
+        header = safe_header(ds, self.hasher) if ds is not None else None      # de-identifies ds in place
         rank, group, score = analysis.priority(self.settings.critical_findings)
         record = StudyRecord(id=uuid.uuid4().hex, created_at=utc_now(), status="new", priority_rank=rank,
                              priority_group=group, priority_score=float(score), sop_hash=sop_hash,
@@ -276,10 +276,10 @@ class Service:
         files = {"heatmap.png": analysis.heatmap_png}
         if analysis.mask_png is not None:
             files["mask.png"] = analysis.mask_png
-        if self.dicom is not None and ds is not None:
+        if self.dicom is not None and original is not None:
             # queued for the destinations before the study is stored: a crash in between makes
             # the sender push again, and the repeat gives the same result UIDs
-            files.update(self.dicom.results(record.id, ds, record.result, analysis.heatmap_png, analysis.mask_png))
+            files.update(self.dicom.results(record.id, original, record.result, analysis.heatmap_png, analysis.mask_png))
         try:
             stored = self.store.add(record, files)
         except DuplicateStudyError as dup:
