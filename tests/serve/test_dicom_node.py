@@ -6,6 +6,7 @@ listener's negotiation, AE titles, load and the Orthanc round trip)."""
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 import time
 
 import pydicom
@@ -24,10 +25,9 @@ def _port() -> int:
 
 
 def _tool(name: str) -> str:
-    import shutil
-
-    path = shutil.which(name)
-    if path is None:
+    # Debian's programs by absolute path: the venv's bin/ holds pynetdicom's own storescu/storescp
+    path = f"/usr/bin/{name}"
+    if not Path(path).is_file():
         pytest.skip(f"{name} not installed (scripts/ensure_dicom_tools.sh installs DCMTK and dicom3tools)")
     return path
 
