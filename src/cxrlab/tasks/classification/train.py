@@ -9,7 +9,7 @@ A run directory holds everything a run produced::
     RUN_DIR/best.json          best epoch by AUROC and by loss
     RUN_DIR/best_auroc.pt      model checkpoint with its metadata (labels, size, ...)
     RUN_DIR/best_loss.pt
-    RUN_DIR/checkpoints/       Lightning checkpoints per phase (resume)
+    RUN_DIR/checkpoints/       per phase: last.ckpt (every epoch, atomic; resume) and final_weights.pt
     RUN_DIR/metrics.json       per-split, per-task AUROC with DeLong CI and thresholds
     RUN_DIR/predictions_<split>.csv   per-study labels and probabilities
     RUN_DIR/curves_<split>/    ROC, PR and reliability figures + JSON
@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from cxrlab.config import ExperimentConfig, load_config, phase_value, save_config
-from cxrlab.engine.callbacks import BestCheckpoints, EpochSeed
+from cxrlab.engine.callbacks import BestCheckpoints, EpochCheckpoint, EpochSeed, checkpoint_start_epoch
 from cxrlab.engine.module import ClassifierModule
 from cxrlab.engine.optim import OptimSpec
 from cxrlab.errors import ConfigError, MissingFileError
@@ -124,9 +124,7 @@ def _trainer(cfg: ExperimentConfig, epochs: int, callbacks: list, ckpt_dir: Path
         accumulate_grad_batches=accumulation(cfg),
         limit_train_batches=train.limit_train_batches or 1.0,
         num_sanity_val_steps=0,
-        callbacks=[*callbacks, L.pytorch.callbacks.ModelCheckpoint(
-            dirpath=ckpt_dir, filename="epoch{epoch}", save_last=True, save_top_k=0,
-            auto_insert_metric_name=False)],
+        callbacks=[*callbacks, EpochCheckpoint(ckpt_dir)],
         logger=False,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -228,7 +226,7 @@ def _train_phase(cfg, k, model, prepared, valid, run_dir, save, resume, progress
     last = ckpt_dir / "last.ckpt"
     ckpt_path = str(last) if (resume and last.is_file()) else None
     if ckpt_path:
-        log.info("resuming phase %d from %s", k, last)
+        log.info("resuming phase %d at epoch %d from %s", k, checkpoint_start_epoch(last), last)
     train_loader = make_loader(prepared, "train", cfg, train=True, shuffle_seed=cfg.seed * 31 + k)
     valid_loader = make_loader(prepared, "valid", cfg, train=False)
     trainer.fit(module, train_loader, valid_loader, ckpt_path=ckpt_path)
