@@ -34,7 +34,7 @@ from cxrlab.engine.callbacks import BestCheckpoints, EpochCheckpoint, EpochSeed,
 from cxrlab.engine.module import ClassifierModule
 from cxrlab.engine.optim import OptimSpec
 from cxrlab.errors import ConfigError, MissingFileError
-from cxrlab.runs.rundir import RunStatus, claim_run_directory, run_status
+from cxrlab.runs.rundir import RunStatus, claim_run_directory, process_rank, run_status
 from cxrlab.tasks.classification.data import (
     PreparedData,
     accumulation,
@@ -155,6 +155,11 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True,
         ConfigError: The run directory holds another run and ``resume`` is False.
     """
     run_dir = claim_run_directory(run_directory(cfg), resume=resume, hint="pass --resume to continue it")
+    if process_rank() > 0:
+        # A DDP worker (Lightning re-ran the command for it): it trains alongside rank 0,
+        # which alone writes the config, split, status, checkpoints, evaluation and MLflow run.
+        _train_and_evaluate(cfg, run_dir, None, resume, progress, epoch_hook)
+        return run_dir
     if resume and (run_dir / "config.yaml").is_file():
         previous = load_config(run_dir / "config.yaml")
         if previous.to_dict() != cfg.to_dict():
@@ -171,7 +176,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True,
     return run_dir
 
 
-def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, status: RunStatus, resume: bool, progress: bool,
+def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, status: RunStatus | None, resume: bool, progress: bool,
                         epoch_hook: Callable[[int, int], None] | None) -> None:
     from cxrlab.models import create_classifier
     from cxrlab.models.weights import save_model_checkpoint
@@ -180,7 +185,8 @@ def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, status: RunStatus,
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     prepared = prepare_data(cfg)
-    _write_split(run_dir, prepared)
+    if status is not None:
+        _write_split(run_dir, prepared)
     model = create_classifier(cfg.model.arch, num_classes=len(prepared.task_names),
                               in_chans=prepared.channels, head=cfg.model.head,
                               pretrained=cfg.model.pretrained, dropout=cfg.model.dropout)
@@ -192,6 +198,8 @@ def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, status: RunStatus,
     valid = prepared.splits["valid"]
     for k, phase in enumerate(cfg.train.phases):
         _train_phase(cfg, k, model, prepared, valid, run_dir, save, resume, progress, epoch_hook)
+    if status is None:  # DDP worker: rank 0 evaluates
+        return
     status.set("evaluating")
     metrics = evaluate_run(run_dir, prepared=prepared, cfg=cfg)
     status.finished()
@@ -234,7 +242,8 @@ def _train_phase(cfg, k, model, prepared, valid, run_dir, save, resume, progress
         raise KeyboardInterrupt("training interrupted")
     from cxrlab.utils import atomic_torch_save
 
-    atomic_torch_save(model.state_dict(), done)
+    if trainer.is_global_zero:
+        atomic_torch_save(model.state_dict(), done)
     model.freeze_body(False)
 
 
