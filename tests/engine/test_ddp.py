@@ -63,6 +63,8 @@ def test_classification_under_ddp_matches_one_process(tmp_path, tiny_recipe):
                "train.strategy=ddp", "train.devices=2", "train.accelerator=cpu"]
     done = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-4000:]
+    # Both ranks really joined (rank 1 is the command re-run by Lightning; it shares our stderr).
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in done.stderr, done.stderr[-4000:]
     run_dir = tmp_path / "runs" / "ddp"
     assert "run directory" in done.stdout
     history = pd.read_csv(run_dir / "history.csv")
