@@ -76,3 +76,17 @@ def test_classification_under_ddp_matches_one_process(tmp_path, tiny_recipe):
             assert row[key] == pytest.approx(expected[key], abs=1e-6), (phase, key)
     assert (run_dir / "checkpoints" / "phase1" / "last.ckpt").is_file()
     assert (run_dir / "metrics.json").is_file()
+
+    # --resume under DDP: as if killed after phase 1's epoch-end checkpoint but before its
+    # final weights; both ranks restore last.ckpt and the run ends with the same weights.
+    final = run_dir / "checkpoints" / "phase1" / "final_weights.pt"
+    before = torch.load(final, map_location="cpu", weights_only=True)
+    final.unlink()
+    (run_dir / "metrics.json").unlink()
+    resumed = subprocess.run([*command, "--resume"], env=_env(), capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "phase 0 already finished" in resumed.stderr
+    assert "resuming phase 1 at epoch 1" in resumed.stderr, resumed.stderr[-4000:]
+    after = torch.load(final, map_location="cpu", weights_only=True)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert (run_dir / "metrics.json").is_file()
