@@ -42,6 +42,10 @@ def register(app: typer.Typer) -> None:
 
         cfg = load_config(config, overrides or [])
         run_dir = train(cfg, resume=resume, progress=progress)
+        from cxrlab.runs.rundir import process_rank
+
+        if process_rank() > 0:  # a DDP worker: rank 0 reports
+            return
         metrics = json.loads((run_dir / "metrics.json").read_text())
         for split in ("valid", "test"):
             if split in metrics:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -148,3 +149,52 @@ class BestCheckpoints(L.Callback):
                 writer.writerows(rows)
 
         atomic_write(path, write)
+
+
+class EpochCheckpoint(L.Callback):
+    """Write ``ckpt_dir/last.ckpt`` after every training epoch, atomically.
+
+    Lightning's ``ModelCheckpoint(save_top_k=0, save_last=True)`` writes nothing (a
+    "last" copy is only made next to a top-k save), so a run killed mid-phase had no
+    checkpoint to resume from. This callback saves the full trainer state (weights,
+    optimizer, scheduler, loop counters, callback states) after the epoch's validation,
+    to a temporary file that rank 0 renames over ``last.ckpt``: a SIGKILL at any moment
+    leaves either the previous epoch's checkpoint or this one, never a torn file.
+    ``trainer.fit(..., ckpt_path=last)`` then continues at the next epoch.
+
+    Add it after the callbacks that write the epoch's history, so a checkpoint never
+    runs ahead of ``history.csv``.
+
+    Args:
+        ckpt_dir: Folder of the phase's checkpoints.
+    """
+
+    def __init__(self, ckpt_dir: Path) -> None:
+        self.ckpt_dir = Path(ckpt_dir)
+        self.path = self.ckpt_dir / "last.ckpt"
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Epochs without validation still get their checkpoint.
+        if not trainer.enable_validation or trainer.val_dataloaders is None:
+            self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        tmp = self.ckpt_dir / f".last.ckpt.{os.getpid()}.tmp"
+        if trainer.is_global_zero:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        # Collective under DDP: every rank calls it, the strategy writes on rank 0.
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        trainer.strategy.barrier("cxrlab_epoch_checkpoint")
+
+
+def checkpoint_start_epoch(path: str | Path) -> int:
+    """The epoch a run resumed from the epoch-end checkpoint ``path`` starts with."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return int(state["epoch"]) + 1

@@ -20,6 +20,7 @@ need not guess from the files they find.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -81,6 +82,19 @@ def read_run_json(run_dir: str | Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def process_rank() -> int:
+    """Global rank of this training process (0 when not launched as a DDP worker).
+
+    Lightning's DDP launcher re-runs the command for ranks 1..N-1 with ``LOCAL_RANK``
+    (and ``NODE_RANK``) set; torchrun and SLURM set ``RANK``. Rank 0 owns the run folder.
+    """
+    for name in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    local = os.environ.get("LOCAL_RANK", "")
+    return int(local) if local.isdigit() else 0
+
+
 def claim_run_directory(run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
                         hint: str = "", kind: str | None = None) -> Path:
     """Create ``run_dir`` for a new run; refuse one that already holds files.
@@ -94,8 +108,15 @@ def claim_run_directory(run_dir: str | Path, *, resume: bool = False, overwrite:
 
     Raises:
         ConfigError: The directory holds files and neither ``resume`` nor ``overwrite`` is set.
+
+    On a DDP worker of rank > 0 (see :func:`process_rank`) nothing is checked or deleted.
     """
     run_dir = Path(run_dir)
+    if process_rank() > 0:
+        # A DDP worker re-running the command: rank 0 has claimed the folder already and
+        # alone writes its files.
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         if not overwrite:
             raise ConfigError(str(run_dir), "run directory exists; choose another name= or remove it"

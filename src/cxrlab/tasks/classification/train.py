@@ -9,7 +9,7 @@ A run directory holds everything a run produced::
     RUN_DIR/best.json          best epoch by AUROC and by loss
     RUN_DIR/best_auroc.pt      model checkpoint with its metadata (labels, size, ...)
     RUN_DIR/best_loss.pt
-    RUN_DIR/checkpoints/       Lightning checkpoints per phase (resume)
+    RUN_DIR/checkpoints/       per phase: last.ckpt (every epoch, atomic; resume) and final_weights.pt
     RUN_DIR/metrics.json       per-split, per-task AUROC with DeLong CI and thresholds
     RUN_DIR/predictions_<split>.csv   per-study labels and probabilities
     RUN_DIR/curves_<split>/    ROC, PR and reliability figures + JSON
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from cxrlab.config import ExperimentConfig, load_config, phase_value, save_config
-from cxrlab.engine.callbacks import BestCheckpoints, EpochSeed
+from cxrlab.engine.callbacks import BestCheckpoints, EpochCheckpoint, EpochSeed, checkpoint_start_epoch
 from cxrlab.engine.module import ClassifierModule
 from cxrlab.engine.optim import OptimSpec
-from cxrlab.runs.rundir import RunStatus, claim_run_directory, run_status
+from cxrlab.runs.rundir import RunStatus, claim_run_directory, process_rank, run_status
 from cxrlab.tasks.classification.preflight import check_recipe
 from cxrlab.tasks.classification.data import (
     PreparedData,
@@ -124,9 +124,7 @@ def _trainer(cfg: ExperimentConfig, epochs: int, callbacks: list, ckpt_dir: Path
         accumulate_grad_batches=accumulation(cfg),
         limit_train_batches=train.limit_train_batches or 1.0,
         num_sanity_val_steps=0,
-        callbacks=[*callbacks, L.pytorch.callbacks.ModelCheckpoint(
-            dirpath=ckpt_dir, filename="epoch{epoch}", save_last=True, save_top_k=0,
-            auto_insert_metric_name=False)],
+        callbacks=[*callbacks, EpochCheckpoint(ckpt_dir)],
         logger=False,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -157,6 +155,13 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True,
         ConfigError: The run directory holds another run and ``resume`` is False, or the
             recipe check (paths and choices, before any work) failed.
     """
+    if process_rank() > 0:
+        # A DDP worker (Lightning re-ran the command for it): rank 0 has checked the recipe and
+        # claimed the folder; the worker trains alongside it, and rank 0 alone writes the config,
+        # split, status, checkpoints, evaluation and MLflow run.
+        run_dir = claim_run_directory(run_directory(cfg), resume=resume)
+        _train_and_evaluate(cfg, run_dir, None, resume, progress, epoch_hook)
+        return run_dir
     check_recipe(cfg, resume=resume)
     fresh = not (resume and run_directory(cfg).is_dir())
     run_dir = claim_run_directory(run_directory(cfg), resume=resume, hint="pass --resume to continue it",
@@ -184,7 +189,7 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True,
     return run_dir
 
 
-def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, status: RunStatus, resume: bool, progress: bool,
+def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, status: RunStatus | None, resume: bool, progress: bool,
                         epoch_hook: Callable[[int, int], None] | None) -> None:
     from cxrlab.models import create_classifier
     from cxrlab.models.weights import save_model_checkpoint
@@ -193,7 +198,8 @@ def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, status: RunStatus,
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     prepared = prepare_data(cfg)
-    _write_split(run_dir, prepared)
+    if status is not None:
+        _write_split(run_dir, prepared)
     model = create_classifier(cfg.model.arch, num_classes=len(prepared.task_names),
                               in_chans=prepared.channels, head=cfg.model.head,
                               pretrained=cfg.model.pretrained, dropout=cfg.model.dropout)
@@ -205,6 +211,8 @@ def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, status: RunStatus,
     valid = prepared.splits["valid"]
     for k, phase in enumerate(cfg.train.phases):
         _train_phase(cfg, k, model, prepared, valid, run_dir, save, resume, progress, epoch_hook)
+    if status is None:  # DDP worker: rank 0 evaluates
+        return
     status.set("evaluating")
     metrics = evaluate_run(run_dir, prepared=prepared, cfg=cfg)
     status.finished()
@@ -239,7 +247,7 @@ def _train_phase(cfg, k, model, prepared, valid, run_dir, save, resume, progress
     last = ckpt_dir / "last.ckpt"
     ckpt_path = str(last) if (resume and last.is_file()) else None
     if ckpt_path:
-        log.info("resuming phase %d from %s", k, last)
+        log.info("resuming phase %d at epoch %d from %s", k, checkpoint_start_epoch(last), last)
     train_loader = make_loader(prepared, "train", cfg, train=True, shuffle_seed=cfg.seed * 31 + k)
     valid_loader = make_loader(prepared, "valid", cfg, train=False)
     trainer.fit(module, train_loader, valid_loader, ckpt_path=ckpt_path)
@@ -247,7 +255,8 @@ def _train_phase(cfg, k, model, prepared, valid, run_dir, save, resume, progress
         raise KeyboardInterrupt("training interrupted")
     from cxrlab.utils import atomic_torch_save
 
-    atomic_torch_save(model.state_dict(), done)
+    if trainer.is_global_zero:
+        atomic_torch_save(model.state_dict(), done)
     model.freeze_body(False)
 
 
