@@ -8,6 +8,7 @@ import warnings
 import typer
 
 from cxrlab import __version__
+from cxrlab.cli import brats as brats_cli
 from cxrlab.cli import dashboard as dashboard_cli
 from cxrlab.cli import data as data_cli
 from cxrlab.cli import explain as explain_cli
@@ -37,6 +38,7 @@ screen_cli.register(app)
 app.add_typer(seg_cli.app, name="seg")
 metrics_segmentation_cli.register_segmentation_metrics(metrics_cli.app)
 dashboard_cli.register(app)
+brats_cli.register(app, metrics_cli.app)
 
 
 def _version(value: bool) -> None:

@@ -13,6 +13,7 @@ mm BraTS volume).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -49,8 +50,10 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> float
         return 0.0
     if has_pred != has_truth:
         return EMPTY_HD95
-    value = compute_hausdorff_distance(pred[None, None], truth[None, None], include_background=True,
-                                       percentile=95, spacing=[float(s) for s in spacing])
+    with warnings.catch_warnings():     # MONAI 1.5+ warns about its own deprecated internal argument
+        warnings.simplefilter("ignore", FutureWarning)
+        value = compute_hausdorff_distance(pred[None, None], truth[None, None], include_background=True,
+                                           percentile=95, spacing=[float(s) for s in spacing])
     return float(value.reshape(-1)[0])
 
 

@@ -296,6 +296,7 @@ class BratsDataset:
         on_error: ``raise`` or ``skip`` (cases with a missing modality, survival rows
             that cannot be parsed; see :attr:`skips`).
         split: ``train`` (``imagesTr``) or ``test`` (``imagesTs``), Decathlon only.
+        only: Keep only these case ids (e.g. one case folder to predict).
 
     Raises:
         MissingFileError: The root, a modality file (``raise``) or a named survival CSV is missing.
@@ -303,7 +304,8 @@ class BratsDataset:
     """
 
     def __init__(self, root: str | Path, layout: str = "auto", labels: str = "auto",
-                 survival_csv: str | Path | None = None, on_error: str = "raise", split: str = "train") -> None:
+                 survival_csv: str | Path | None = None, on_error: str = "raise", split: str = "train",
+                 only: list[str] | None = None) -> None:
         self.root = Path(root)
         self.skips = SkipLog(on_error)
         self.layout = detect_layout(self.root) if layout == "auto" else layout
@@ -316,8 +318,10 @@ class BratsDataset:
         if not self.root.is_dir():
             raise MissingFileError(self.root, "BraTS root folder not found")
         self.cases: list[BratsCaseFiles] = (self._list_msd(split) if self.layout == "msd" else self._list_folders())
+        if only is not None:
+            self.cases = [c for c in self.cases if c.case_id in set(only)]
         if not self.cases:
-            raise ConfigError(str(self.root), f"no {self.layout} case found")
+            raise ConfigError(str(self.root), f"no {self.layout} case found" + (f" among {only}" if only else ""))
         self.survival: dict[str, SurvivalRow] = {}
         csv = Path(survival_csv) if survival_csv else next(
             (self.root / name for name in SURVIVAL_FILES if (self.root / name).is_file()), None)
@@ -375,6 +379,19 @@ class BratsDataset:
             KeyError: No such case.
         """
         return self.cases[case if isinstance(case, int) else self._index[case]]
+
+    def load_label(self, case: str | int) -> np.ndarray | None:
+        """Only the case's segmentation as canonical classes (None without one); no images decoded.
+
+        Raises:
+            ImageReadError: The file is corrupt or truncated.
+            LabelValueError: A label value outside the convention.
+        """
+        files = self.files(case)
+        if files.seg is None:
+            return None
+        seg = read_nifti(files.seg, dtype=np.int16)
+        return to_canonical(seg.array, self.labels, seg.path, files.case_id)
 
     def load(self, case: str | int, with_label: bool = True) -> BratsCase:
         """Read one case: four co-registered channels, canonical labels, affine, survival.

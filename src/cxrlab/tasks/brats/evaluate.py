@@ -93,3 +93,59 @@ def evaluate_run(run_dir: str | Path, cfg: BratsConfig | None = None, dataset: B
 def brats_mean_dice(result: dict[str, Any]) -> float:
     """Mean over regions of the mean Dice."""
     return float(np.mean([result["mean"][r]["dice"] for r in REGIONS]))
+
+
+def score_label_folders(pred_dir: str | Path, truth_dir: str | Path, labels: str = "auto") -> dict[str, Any]:
+    """Dice and HD95 per region of two folders of label NIfTIs matched by name (``.nii`` / ``.nii.gz`` alike).
+
+    Args:
+        pred_dir, truth_dir: The folders.
+        labels: ``2020``, ``2023``, ``msd`` or ``auto`` (detected from the values of every
+            file: 4 without 3 -> 2020, any 3 -> 2023).
+
+    Returns:
+        ``{"labels", "cases": {name: {region: {"dice", "hd95"}}}, "mean": ..., "median": ...}``;
+        HD95 in mm from the reference's spacing.
+
+    Raises:
+        MissingFileError: A folder is missing or empty, or a file has no counterpart.
+        VolumeMismatchError: A pair differs in shape.
+        LabelValueError: Values outside the convention.
+    """
+    from cxrlab.data.datasets.brats import CONVENTIONS, detect_convention, to_canonical
+    from cxrlab.errors import VolumeMismatchError
+    from cxrlab.io.nifti import is_nifti, nifti_stem, read_nifti
+
+    def listing(folder: Path, what: str) -> dict[str, Path]:
+        if not folder.is_dir():
+            raise MissingFileError(folder, f"{what} folder not found")
+        files = {nifti_stem(p): p for p in sorted(folder.iterdir()) if is_nifti(p) and not p.name.startswith(".")}
+        if not files:
+            raise MissingFileError(folder, f"no NIfTI label files in the {what} folder")
+        return files
+
+    pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
+    preds, truths = listing(pred_dir, "prediction"), listing(truth_dir, "truth")
+    for names, folder, other in ((set(preds) - set(truths), truth_dir, "truth"),
+                                 (set(truths) - set(preds), pred_dir, "prediction")):
+        if names:
+            first = sorted(names)[0]
+            raise MissingFileError(folder / first, f"no {other} file for {first!r} "
+                                                   f"({len(names)} file(s) without a counterpart)")
+    pairs = {name: (read_nifti(preds[name], dtype=np.int16), read_nifti(truths[name], dtype=np.int16))
+             for name in sorted(preds)}
+    if labels == "auto":
+        values: set[int] = set()
+        for pred, truth in pairs.values():
+            values |= {int(v) for v in np.unique(pred.array)} | {int(v) for v in np.unique(truth.array)}
+        labels = detect_convention(values)
+    if labels not in CONVENTIONS:
+        raise ConfigError("--labels", f"unknown label convention {labels!r}; choose from auto, {', '.join(CONVENTIONS)}")
+    metric = BratsMetric(with_hd95=True)
+    for name, (pred, truth) in pairs.items():
+        if pred.array.shape != truth.array.shape:
+            raise VolumeMismatchError(pred.path, f"prediction {pred.array.shape} and truth {truth.array.shape} "
+                                                 f"({truth.path}) differ in shape")
+        metric.update(name, region_masks(to_canonical(pred.array, labels, pred.path, name)),
+                      region_masks(to_canonical(truth.array, labels, truth.path, name)), truth.spacing)
+    return {"labels": labels, "cases": metric.cases, **metric.aggregate()}

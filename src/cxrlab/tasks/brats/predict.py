@@ -126,7 +126,7 @@ def write_overlay(path: str | Path, case: BratsCase, canonical: np.ndarray) -> P
     from cxrlab.io.write import write_bytes_atomic
 
     rgb = overlay_views(case.image[3], canonical, case.label)
-    scale = max(1, 256 // max(rgb.shape[:2]))
+    scale = max(1, 384 // max(rgb.shape[:2]))
     if scale > 1:
         rgb = np.kron(rgb, np.ones((scale, scale, 1), dtype=np.uint8))
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))

@@ -115,7 +115,7 @@ class BratsSegmentationModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         image, label = batch["image"], batch["label"]
         loss = self.loss_fn(self(image).float(), label.long())
-        self.log("train_loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=image.shape[0],
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=image.shape[0],
                  sync_dist=True)
         return loss
 
