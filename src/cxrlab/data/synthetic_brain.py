@@ -169,7 +169,7 @@ def write_phantoms(out: str | Path, layout: str = "brats2020", n: int = 12, size
             suffixes = FILE_SUFFIXES[layout]
             folder = out / case_id
             for c, modality in enumerate(MODALITIES):
-                write_nifti(folder / f"{case_id}{suffixes[modality]}.nii.gz", case.image[c].astype(np.int16),
+                write_nifti(folder / f"{case_id}{suffixes[modality]}.nii.gz", np.rint(case.image[c]).astype(np.int16),
                             affine=case.affine)
             write_nifti(folder / f"{case_id}{suffixes['seg']}.nii.gz", label, affine=case.affine)
         survival_cell = f"ALIVE ({int(case.days)} days later)" if case.censored else str(int(case.days))
