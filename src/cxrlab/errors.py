@@ -43,6 +43,10 @@ class ImageTooLargeError(ImageReadError):
     """An image has more pixels than the configured limit (checked before decoding)."""
 
 
+class VolumeMismatchError(InputError):
+    """Volumes that must share a grid (the modalities and label of one case) differ in shape or affine."""
+
+
 class MissingFileError(InputError, FileNotFoundError):
     """A path named in a CSV, config or command line does not exist."""
 

@@ -17,6 +17,10 @@ def _metrics_app() -> typer.Typer:
 
     if "segmentation" not in {c.name for c in metrics.app.registered_commands}:
         metrics_segmentation.register_segmentation_metrics(metrics.app)
+    if "brats" not in {c.name for c in metrics.app.registered_commands}:
+        from cxrlab.cli import brats
+
+        brats.register_brats_metrics(metrics.app)
     return metrics.app
 
 
@@ -50,6 +54,8 @@ COMMANDS = {
                                                "ensemble + SVM (seed 003)."),
     "seg": Lazy("cxrlab.cli.seg", "app", "Pneumothorax segmentation: baseline U-Net vs the "
                                          "gated cascade."),
+    "brats": Lazy("cxrlab.cli.brats", "app", "Brain tumours (BraTS): 3D U-Net segmentation and "
+                                             "survival (seed 004)."),
     "dashboard": Lazy("cxrlab.cli.dashboard", "register", "The evaluation dashboard "
                                                           "(Streamlit) over a run root.",
                       kind="register"),

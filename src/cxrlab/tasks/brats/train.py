@@ -1,0 +1,230 @@
+"""Training the BraTS 3D U-Net through Lightning.
+
+One run folder::
+
+    RUN_DIR/config.yaml  split.json  status.json
+    RUN_DIR/history.csv  best.json  best.pt            (best by mean validation Dice)
+    RUN_DIR/checkpoints/last.ckpt                      (every epoch; ``--resume`` continues it)
+    RUN_DIR/metrics.json  per_case.csv  table.md       (test cases, written by evaluate)
+    RUN_DIR/predictions/<case>.nii.gz  overlays/<case>.png
+    RUN_DIR/survival.json  survival_features.csv       (``brats survival``)
+
+Validation segments whole (cropped) cases with sliding-window inference and scores the
+mean Dice of WT, TC and ET; seeds per epoch come from :class:`~cxrlab.engine.callbacks.EpochSeed`,
+the best checkpoint and history from :class:`~cxrlab.engine.segmentation.SegmentationCheckpoints`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from cxrlab.data.datasets.brats import REGION_CLASSES, REGIONS
+from cxrlab.tasks.brats.data import (
+    cached_dataset,
+    ensure_phantoms,
+    open_dataset,
+    split_cases,
+    train_transforms,
+)
+from cxrlab.tasks.brats.network import create_network, sliding_window_logits
+from cxrlab.tasks.brats.recipe import (
+    BratsConfig,
+    save_brats_config,
+)
+from cxrlab.utils import atomic_torch_save, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+def region_dice(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Dice of WT, TC, ET for each item of ``(B, x, y, z)`` class maps, ``(B, 3)``; both empty -> 1."""
+    scores = []
+    for name in REGIONS:
+        classes = torch.tensor(REGION_CLASSES[name], device=pred.device)
+        p = torch.isin(pred, classes).flatten(1)
+        t = torch.isin(truth, classes).flatten(1)
+        inter = (p & t).sum(1).float()
+        total = (p.sum(1) + t.sum(1)).float()
+        scores.append(torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total)))
+    return torch.stack(scores, dim=1)
+
+
+class BratsSegmentationModule(L.LightningModule):
+    """Trains the 3D U-Net with Adam on MONAI's Dice + cross-entropy (softmax over the 4 classes).
+
+    Args:
+        network: The 3D U-Net.
+        cfg: The recipe (train and inference sections, patch size).
+    """
+
+    def __init__(self, network: nn.Module, cfg: BratsConfig) -> None:
+        super().__init__()
+        from monai.losses import DiceCELoss
+
+        self.network = network
+        self.cfg = cfg
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=cfg.train.lambda_dice,
+                                  lambda_ce=cfg.train.lambda_ce)
+        self._val_dice: list[torch.Tensor] = []
+        self._val_loss: list[torch.Tensor] = []
+        self.last_val: dict[str, float] = {}
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.network(image)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        image, label = batch["image"], batch["label"]
+        loss = self.loss_fn(self(image).float(), label.long())
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=image.shape[0],
+                 sync_dist=True)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_dice, self._val_loss = [], []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        image, label = batch["image"], batch["label"]
+        logits = sliding_window_logits(self.network, image, self.cfg.data.patch, self.cfg.inference).float()
+        self._val_loss.append(self.loss_fn(logits, label.long()).detach().reshape(1))
+        self._val_dice.append(region_dice(logits.argmax(1), label[:, 0].long()).detach())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_dice:
+            return
+        dice, loss = torch.cat(self._val_dice), torch.cat(self._val_loss)
+        if self.trainer.world_size > 1:
+            dice = self.all_gather(dice).reshape(-1, len(REGIONS))
+            loss = self.all_gather(loss).reshape(-1)
+        per_region = dice.mean(0).cpu().numpy()
+        metrics = {"val_loss": float(loss.mean()), "val_dice": float(per_region.mean())}
+        metrics.update({f"val_dice_{name}": float(v) for name, v in zip(REGIONS, per_region)})
+        self.last_val = metrics
+        for key, value in metrics.items():
+            if not math.isnan(value):
+                self.log(key, value, prog_bar=key == "val_dice", sync_dist=False)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.network.parameters(), lr=self.cfg.train.lr, weight_decay=self.cfg.train.weight_decay)
+
+
+class ReseedTransforms(L.Callback):
+    """Seed MONAI's random transforms at each epoch start from the run seed and the epoch (resume-safe)."""
+
+    def __init__(self, transform: Any, seed: int) -> None:
+        self.transform = transform
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from cxrlab.engine.callbacks import epoch_seed
+
+        self.transform.set_random_state(seed=epoch_seed(self.seed, 0, trainer.current_epoch) + trainer.global_rank)
+
+
+def save_checkpoint(path: Path, network: nn.Module, cfg: BratsConfig, metrics: dict[str, Any]) -> None:
+    """``best.pt``: the network's weights with what a predictor needs (model section, patch, classes)."""
+    state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    atomic_torch_save({"state_dict": state, "model": cfg.to_dict()["model"], "patch": list(cfg.data.patch),
+                       "classes": ["background", "NCR", "ED", "ET"], "modalities": ["t1", "t1ce", "t2", "flair"],
+                       "preprocessing": "brain bounding-box crop, per-channel z-score over non-zero voxels",
+                       "val_metrics": metrics}, path)
+
+
+def train(cfg: BratsConfig, resume: bool = False, overwrite: bool = False, progress: bool = False) -> Path:
+    """Train, evaluate on the test cases, log to MLflow; returns the run folder.
+
+    Args:
+        cfg: The recipe (phantoms written first when it has a ``phantoms`` section).
+        resume: Continue the run in ``output.root/name`` from ``checkpoints/last.ckpt``.
+        overwrite: Delete an existing run of that name first.
+        progress: Lightning progress bars.
+
+    Raises:
+        ConfigError: The run folder holds a run (and neither flag is set); bad split.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from monai.data import DataLoader
+
+    from cxrlab.engine.callbacks import EpochSeed
+    from cxrlab.engine.segmentation import SegmentationCheckpoints
+    from cxrlab.runs.rundir import claim_run_directory, run_status
+    from cxrlab.tasks.brats.evaluate import evaluate_run
+
+    cfg = ensure_phantoms(cfg)
+    run_dir = claim_run_directory(Path(cfg.output.root) / cfg.name, resume=resume, overwrite=overwrite,
+                                  hint="pass --resume to continue it or --overwrite to replace it")
+    save_brats_config(cfg, run_dir / "config.yaml")
+    with run_status(run_dir) as status:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        dataset = open_dataset(cfg)
+        ids = dataset.case_ids[: cfg.data.max_cases] if cfg.data.max_cases else dataset.case_ids
+        split = split_cases(ids, dict(cfg.data.split), cfg.data.split_seed)
+        atomic_write_json(run_dir / "split.json", {**split, "layout": dataset.layout, "labels": dataset.labels,
+                                                   "root": str(dataset.root), "skipped": dataset.skips.count})
+        if not split["valid"]:
+            from cxrlab.errors import ConfigError
+
+            raise ConfigError("data.split", "training needs at least one validation case (data.split.valid > 0)")
+        random = train_transforms(cfg)
+        train_ds = cached_dataset(cfg, dataset, split["train"], random)
+        valid_ds = cached_dataset(cfg, dataset, split["valid"])
+        workers = int(cfg.data.num_workers)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        train_loader = DataLoader(train_ds, batch_size=max(1, cfg.data.batch_size // cfg.data.samples_per_case),
+                                  shuffle=True, num_workers=workers, generator=generator,
+                                  persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+        valid_loader = DataLoader(valid_ds, batch_size=1, num_workers=0)
+        network = create_network(cfg.model)
+        module = BratsSegmentationModule(network, cfg)
+        checkpoint_dir = run_dir / "checkpoints"
+        last = checkpoint_dir / "last.ckpt"
+        trainer = L.Trainer(
+            max_epochs=cfg.train.epochs, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
+            strategy=cfg.train.strategy, precision=cfg.train.precision, deterministic=cfg.train.deterministic,
+            limit_train_batches=cfg.train.limit_train_batches or 1.0, check_val_every_n_epoch=cfg.train.val_every,
+            num_sanity_val_steps=0, logger=False, enable_progress_bar=progress, enable_model_summary=False,
+            default_root_dir=str(run_dir),
+            callbacks=[EpochSeed(cfg.seed, 0), ReseedTransforms(random, cfg.seed),
+                       SegmentationCheckpoints(run_dir, 0, lambda p, m: save_checkpoint(p, network, cfg, m), "dice"),
+                       ModelCheckpoint(dirpath=str(checkpoint_dir), filename="epoch{epoch:03d}", save_top_k=0,
+                                       save_last=True, every_n_epochs=1, save_on_train_epoch_end=True)])
+        ckpt = str(last) if resume and last.is_file() else None
+        if ckpt:
+            log.info("resuming from %s", ckpt)
+        trainer.fit(module, train_loader, valid_loader, ckpt_path=ckpt)
+        status.set("evaluating")
+        metrics = evaluate_run(run_dir, cfg=cfg, dataset=dataset)
+        status.finished()
+    if cfg.output.mlflow:
+        _log_mlflow(run_dir, cfg, metrics)
+    return run_dir
+
+
+def _log_mlflow(run_dir: Path, cfg: BratsConfig, metrics: dict[str, Any]) -> str:
+    """Log the main settings, the test Dice/HD95 per region, and the run's tables."""
+    import mlflow
+
+    from cxrlab.engine.tracking import mlflow_run
+
+    tags = {"cxrlab.run_dir": str(run_dir.resolve()), "cxrlab.kind": "brats"}
+    with mlflow_run(cfg.output.root, cfg.output.experiment, cfg.name, tags) as active:
+        mlflow.log_params({"model.arch": cfg.model.arch, "model.channels": str(list(cfg.model.channels)),
+                           "data.patch": str(list(cfg.data.patch)), "train.epochs": cfg.train.epochs,
+                           "train.lr": cfg.train.lr, "train.precision": cfg.train.precision})
+        for region, scores in (metrics.get("mean") or {}).items():
+            for key, value in scores.items():
+                if value is not None and np.isfinite(value):
+                    mlflow.log_metric(f"test_{key}_{region}", float(value))
+        for name in ("config.yaml", "metrics.json", "history.csv", "split.json", "table.md", "per_case.csv"):
+            if (run_dir / name).is_file():
+                mlflow.log_artifact(str(run_dir / name))
+        return active.info.run_id
