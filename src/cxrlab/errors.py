@@ -120,3 +120,7 @@ class SkipLog:
         if self.count > limit:
             lines.append(f"  ... and {self.count - limit} more")
         return "\n".join(lines)
+
+
+class OnnxModelError(InputError):
+    """An ONNX model file is missing, corrupt, or does not match the run it is used with."""
