@@ -168,3 +168,54 @@ def _load_alexnet(features: nn.Module, pretrained: str | os.PathLike) -> None:
         features.load_state_dict(body, strict=True)
     except RuntimeError as err:
         raise InputError(source, f"weights do not fit AlexNet's features: {str(err).splitlines()[0]}") from err
+
+
+PLANE_FORMAT = "cxrlab-mrnet-plane"
+PLANE_VERSION = 1
+
+
+def save_plane_checkpoint(path: str | os.PathLike, net: PlaneNet, meta: dict[str, Any]) -> Path:
+    """Write a plane network and its metadata (task, plane, input size, normalization,
+    histogram landmarks, validation metrics) atomically; ``torch.load(weights_only=True)`` reads it.
+
+    File layout: ``{"format": "cxrlab-mrnet-plane", "version": 1, "meta_json": str, "state_dict": {...}}``.
+    """
+    import json
+
+    from cxrlab.utils import atomic_torch_save
+
+    full = {**meta, "arch": net.arch}
+    payload = {"format": PLANE_FORMAT, "version": PLANE_VERSION,
+               "meta_json": json.dumps(full, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)),
+               "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+    return atomic_torch_save(payload, path)
+
+
+def load_plane_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
+                          ) -> tuple[PlaneNet, dict[str, Any]]:
+    """Rebuild a plane network written by :func:`save_plane_checkpoint` (eval mode).
+
+    Raises:
+        MissingFileError: No such file.
+        InputError: Not an MRNet plane checkpoint, or its weights do not fit its architecture.
+    """
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(path, "plane checkpoint not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError) as err:
+        raise InputError(path, f"cannot read checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != PLANE_FORMAT:
+        raise InputError(path, f"not a {PLANE_FORMAT} checkpoint")
+    if payload.get("version") != PLANE_VERSION:
+        raise InputError(path, f"checkpoint version {payload.get('version')!r}; this cxrlab reads {PLANE_VERSION}")
+    meta = json.loads(payload["meta_json"])
+    net = create_plane_net(meta["arch"], pretrained=None)
+    try:
+        net.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as err:
+        raise InputError(path, f"weights do not fit {meta['arch']!r}: {str(err).splitlines()[0]}") from err
+    return net.eval(), meta

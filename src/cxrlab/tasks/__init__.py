@@ -1,0 +1,1 @@
+"""Task packages: recipe -> data -> train -> evaluate -> predict -> demo, one package per task."""
