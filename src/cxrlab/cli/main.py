@@ -14,6 +14,7 @@ from cxrlab.cli import explain as explain_cli
 from cxrlab.cli import metrics as metrics_cli
 from cxrlab.cli import metrics_segmentation as metrics_segmentation_cli
 from cxrlab.cli import model as model_cli
+from cxrlab.cli import mrnet as mrnet_cli
 from cxrlab.cli import screen as screen_cli
 from cxrlab.cli import seg as seg_cli
 from cxrlab.cli import serve as serve_cli
@@ -35,6 +36,7 @@ train_cli.register(app)
 serve_cli.register(app)
 screen_cli.register(app)
 app.add_typer(seg_cli.app, name="seg")
+app.add_typer(mrnet_cli.app, name="mrnet")
 metrics_segmentation_cli.register_segmentation_metrics(metrics_cli.app)
 dashboard_cli.register(app)
 
