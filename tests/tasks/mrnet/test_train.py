@@ -21,7 +21,7 @@ from cxrlab.tasks.mrnet.train import train
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("mrnet")
     cfg = load_mrnet_config("configs/demo_mrnet.yaml", [
-        "tasks=[acl]", "planes=[sagittal]", "train.epochs=2",
+        "tasks=[acl]", "planes=[sagittal]", "train.epochs=2", "phantoms.n_train=30", "phantoms.n_valid=20",
         f"output.root={root}", "name=acl"])
     return train(cfg)
 
@@ -41,7 +41,7 @@ def test_metrics_are_computed_on_the_held_out_exams(run):
     metrics = json.loads((run / "metrics.json").read_text())
     scores = metrics["tasks"]["acl"]["combined"]
     predictions = pd.read_csv(run / "predictions_valid.csv")
-    assert scores["n"] == len(predictions) == 40
+    assert scores["n"] == len(predictions) == 20
     assert scores["positives"] == int(predictions["acl"].sum())
     called = predictions["acl_combined"] >= scores["threshold"]
     truth = predictions["acl"] == 1
@@ -89,7 +89,7 @@ def test_stats_cli_json(run):
     result = CliRunner().invoke(app, ["mrnet", "stats", "--root", str(phantoms), "--json"])
     assert result.exit_code == 0, result.output
     stats = json.loads(result.output)
-    assert stats["train"]["exams"] == 60 and stats["valid"]["exams"] == 40
+    assert stats["train"]["exams"] == 30 and stats["valid"]["exams"] == 20
     assert set(stats["train"]["slices"]) == {"axial", "coronal", "sagittal"}
 
 
