@@ -102,3 +102,19 @@ def test_cam_of_the_top_slice(run):
     top, cam = predictor.cam(volumes, "acl", "sagittal")
     assert 0 <= top < volumes["sagittal"].num_slices
     assert cam.map.shape == (64, 64) and 0.0 <= cam.map.min() <= cam.map.max() <= 1.0
+
+
+def test_predict_reads_an_exam_as_dicom_series_like_its_npy(run, tmp_path):
+    from cxrlab.data.datasets.mrnet import open_mrnet
+    from cxrlab.data.synthetic_knee import write_dicom_exam
+
+    phantoms = run.parent / "phantoms" / "MRNet-v1.0"
+    valid = open_mrnet(phantoms, "valid")
+    write_dicom_exam({p: v.array for p, v in valid.volumes(0).items()}, tmp_path / "knee", valid.ids[0])
+    out = tmp_path / "both.csv"
+    result = CliRunner().invoke(app, ["mrnet", "predict", str(run), valid.ids[0], str(tmp_path / "knee"),
+                                      "--root", str(phantoms), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out)
+    assert frame["exam"].tolist() == [valid.ids[0], "knee"]
+    assert frame["acl_sagittal"][0] == pytest.approx(frame["acl_sagittal"][1], abs=1e-6)
