@@ -71,6 +71,15 @@ class ConfigError(InputError):
     """A recipe or override names an unknown key or holds an invalid value."""
 
 
+class VolumeError(InputError):
+    """A series of slices is inconsistent: mixed series in one folder, a slice of another
+    size, duplicate or missing slice positions, or an array that is not (slices, H, W)."""
+
+
+class ExamError(InputError):
+    """An exam lacks one of its planes, or a label row names an exam without arrays."""
+
+
 class WeightsUnavailableError(CxrlabError, RuntimeError):
     """Pretrained weights cannot be downloaded and no local file was given."""
 

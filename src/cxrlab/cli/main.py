@@ -54,6 +54,8 @@ COMMANDS = {
                                                "ensemble + SVM (seed 003)."),
     "seg": Lazy("cxrlab.cli.seg", "app", "Pneumothorax segmentation: baseline U-Net vs the "
                                          "gated cascade."),
+    "mrnet": Lazy("cxrlab.cli.mrnet", "app", "Knee MRI (MRNet): three-plane AlexNet classifiers "
+                                             "and their logistic regression (seed 004)."),
     "brats": Lazy("cxrlab.cli.brats", "app", "Brain tumours (BraTS): 3D U-Net segmentation and "
                                              "survival (seed 004)."),
     "dashboard": Lazy("cxrlab.cli.dashboard", "register", "The evaluation dashboard "
