@@ -229,6 +229,8 @@ def gen_dicom_truncate(rng, sources):
     _, value_start = _pixel_offsets(data)
     end = _pixel_end(data)
     # cut at least 16 bytes before the end of the pixel data: never only trailing elements
+    if value_start >= end - 16:  # pixel data not found in the raw bytes (deflated): anywhere
+        value_start = 0
     cut = rng.randrange(0, end - 16) if rng.random() < 0.3 else \
         rng.randrange(value_start, end - 16)
     return "dicom-truncated", name, data[:cut], True, False
