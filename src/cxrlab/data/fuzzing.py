@@ -87,6 +87,7 @@ class FuzzResult:
 class _Sources:
     dicoms: dict[str, bytes]
     palette: dict[str, bytes] = field(default_factory=dict)
+    max_pixels: int = 2_000_000
     datasets: dict[str, object] = field(default_factory=dict)
 
 
@@ -228,8 +229,9 @@ def gen_dicom_truncate(rng, sources):
     _, value_start = _pixel_offsets(data)
     end = _pixel_end(data)
     # cut at least 16 bytes before the end of the pixel data: never only trailing elements
-    late = value_start < end - 16          # pixel data long enough to cut inside it
-    cut = rng.randrange(0, end - 16) if (rng.random() < 0.3 or not late) else \
+    if value_start >= end - 16:  # pixel data not found in the raw bytes (deflated): anywhere
+        value_start = 0
+    cut = rng.randrange(0, end - 16) if rng.random() < 0.3 else \
         rng.randrange(value_start, end - 16)
     return "dicom-truncated", name, data[:cut], True, False
 
@@ -574,7 +576,7 @@ def gen_png_bomb(rng, sources):
         array = np.zeros((rng.randint(25, 30000), 1), dtype=np.uint8)
         array[::2] = 200
     else:
-        side = rng.randint(3000, 6000)
+        side = math.isqrt(sources.max_pixels) + rng.randint(1, 2000)
         array = np.zeros((side, side), dtype=np.uint8)
     return f"png-bomb-{edit}", "generated", _png(array, compress_level=9), True, False
 
@@ -679,7 +681,7 @@ def generate_cases(count: int, seed: int = 0, *, large: bool = False,
     warnings.simplefilter("ignore")  # pydicom warns about the invalid values written on purpose
     rng = random.Random(seed)
     sources = _Sources(_load_dicoms(SMALL_DICOMS + (LARGE_DICOMS if large else ())),
-                       palette=_load_dicoms((PALETTE_DICOM,)))
+                       palette=_load_dicoms((PALETTE_DICOM,)), max_pixels=max_pixels)
     names = list(classes) if classes is not None else list(CLASSES)
     cases: list[FuzzCase] = []
     made: Counter = Counter()
@@ -747,9 +749,13 @@ def _run_child(chunk: list[FuzzCase], folder: Path, memory_mb: int, timeout: flo
     job.write_bytes(pickle.dumps({"cases": chunk, "memory_mb": memory_mb,
                                   "max_pixels": max_pixels, "size": size,
                                   "folder": str(folder)}))
-    env = {**os.environ, "PYTHONFAULTHANDLER": "0"}
-    child = subprocess.Popen([sys.executable, "-m", "cxrlab.data.fuzzing", str(job)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    env = {**os.environ, "PYTHONFAULTHANDLER": "0", "PYTHONWARNINGS": "ignore"}
+    # stderr to a file, never a pipe nobody reads while the child runs (a full pipe
+    # blocks the child, which would look like a hang)
+    stderr_path = folder / "stderr.txt"
+    with stderr_path.open("wb") as stderr_file:
+        child = subprocess.Popen([sys.executable, "-m", "cxrlab.data.fuzzing", str(job)],
+                                 stdout=subprocess.PIPE, stderr=stderr_file, env=env)
     by_id = {c.case_id: c for c in chunk}
     done: set[str] = set()
     current: str | None = None
@@ -793,7 +799,8 @@ def _run_child(chunk: list[FuzzCase], folder: Path, memory_mb: int, timeout: flo
             done.add(current)
             return [c for c in chunk if c.case_id not in done]
     child.wait()
-    stderr = child.stderr.read().decode(errors="replace")
+    child.stdout.close()
+    stderr = stderr_path.read_bytes()[-4000:].decode(errors="replace")
     if current is not None:
         outcome = "memory" if "MemoryError" in stderr or child.returncode == -9 else "crash"
         _record(results, by_id[current], outcome,
@@ -820,6 +827,10 @@ def _child(job_path: str) -> None:
     from cxrlab.errors import InputError
     from cxrlab.io import read_image
 
+    import logging
+
+    warnings.simplefilter("ignore")
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
     job = pickle.loads(Path(job_path).read_bytes())
     folder = Path(job["folder"])
     cfg = PreprocessConfig(size=job["size"])

@@ -12,7 +12,9 @@ PNG signature, or the JPEG SOI marker. Every failure raises a specific
 - more than ``max_pixels`` pixels, found from the header before any pixel data is
   decoded: :class:`~cxrlab.errors.ImageTooLargeError`.
 
-PNG and JPEG are decoded by Pillow with ``ImageFile.LOAD_TRUNCATED_IMAGES`` left at its
+PNG and JPEG structure is checked first (:mod:`cxrlab.io.png`: chunk order, CRCs and the
+inflated image data's length against IHDR; :mod:`cxrlab.io.jpeg`: markers and enough scan
+data for the declared frame), then they are decoded by Pillow with ``ImageFile.LOAD_TRUNCATED_IMAGES`` left at its
 default ``False`` (this module never changes it), so a truncated file raises instead of
 decoding into a partly black image; PNG chunk CRCs are verified as well. JPEG EXIF
 orientation is not applied: the pixels are returned as stored. 16-bit colour PNGs are
@@ -39,6 +41,7 @@ from cxrlab.errors import ImageReadError, ImageTooLargeError, MissingFileError
 from cxrlab.io.dicom import has_dicm_prefix, looks_like_dicom, read_dicom
 from cxrlab.io.guard import decoding
 from cxrlab.io.limits import DEFAULT_MAX_PIXELS, check_geometry
+from cxrlab.io.jpeg import check_jpeg_structure
 from cxrlab.io.png import check_png_structure
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -238,6 +241,8 @@ def _read_pil(path: Path, fmt: str, max_pixels: int) -> tuple[np.ndarray, dict]:
         check_geometry(path, rows, cols, max_pixels=max_pixels, samples=bands)
         if fmt == "png":
             check_png_structure(path, max_pixels=max_pixels)
+        else:
+            check_jpeg_structure(path)
         with decoding(path, f"truncated or corrupt {name}"):
             image.load()
             array = _pil_to_array(image)
