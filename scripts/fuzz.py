@@ -17,7 +17,6 @@ Documented in ``benchmarks/README.md`` (section "Input fuzzing").
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
