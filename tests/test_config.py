@@ -48,6 +48,10 @@ def _recipe_kind(path: Path) -> str:
         return "pneumothorax"
     if "svm" in keys:
         return "screening"
+    if "survival" in keys:
+        return "brats"
+    if path.name.startswith(("mrnet", "demo_mrnet")):
+        return "mrnet"
     return "classification"
 
 
@@ -70,6 +74,14 @@ def test_every_other_shipped_recipe_loads_with_its_own_loader(path, tmp_path):
     elif kind == "pneumothorax":
         from cxrlab.config.pneumothorax import load_pneumothorax_config
         assert load_pneumothorax_config(path).name
+    elif kind == "brats":
+        from cxrlab.tasks.brats.recipe import load_brats_config, save_brats_config
+        cfg = load_brats_config(path)
+        save_brats_config(cfg, tmp_path / "config.yaml")
+        assert load_brats_config(tmp_path / "config.yaml") == cfg
+    elif kind == "mrnet":
+        from cxrlab.tasks.mrnet.recipe import load_mrnet_config
+        assert load_mrnet_config(path).name
     else:
         from cxrlab.config.screening import load_screening_config, save_screening_config
         cfg = load_screening_config(path)
