@@ -275,12 +275,20 @@ def gen_dicom_geometry(rng, sources):
 def gen_dicom_photometric(rng, sources):
     name, _ = _pick(rng, sources)
     ds = _fresh(sources, name)
-    mono = str(ds.PhotometricInterpretation).startswith("MONO")
+    photometric = str(ds.PhotometricInterpretation)
+    mono = photometric.startswith("MONO")
     if mono:
         edit = rng.choice(("samples3", "rgb", "palette", "swap-mono", "unknown"))
+    elif photometric == "PALETTE COLOR":
+        # already one sample of palette indexes: "samples1"/"palette" would change nothing, and
+        # indexes relabelled MONOCHROME2 are a header that agrees with its data (not refusable)
+        edit = rng.choice(("samples3", "rgb", "unknown", "palette-as-mono"))
     else:
         edit = rng.choice(("samples1", "mono", "palette", "unknown"))
     must_fail = True
+    if edit == "palette-as-mono":
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        return f"dicom-photometric-{edit}", name, _write(ds), False, False
     if edit == "samples3":
         ds.SamplesPerPixel = 3
     elif edit == "samples1":
