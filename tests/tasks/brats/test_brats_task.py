@@ -97,3 +97,29 @@ def test_shipped_demo_recipe_matches_the_demo():
     demo = config_from_mapping(DEMO_RECIPE).to_dict()
     assert shipped == demo
     load_brats_config(REPO / "configs" / "brats_weninger2018.yaml")
+
+
+def test_survival_model_beats_predicting_the_median(tmp_path):
+    """Age, tumour-brain centroid distance and region volumes (reference segmentations) predict the
+    phantoms' survival better than the training-fold median. Seeds 0-4 of this setting (40 phantoms,
+    32 voxels, 5-fold CV) gave model/median MSE ratios 0.27-0.42 and Spearman 0.74-0.91 (median
+    baseline -0.29-0.04); the test asks for a ratio < 0.6 and Spearman > 0.5."""
+    import pandas as pd
+
+    from cxrlab.data.datasets.brats import BratsDataset
+    from cxrlab.data.synthetic_brain import write_phantoms
+    from cxrlab.tasks.brats.recipe import SurvivalConfig
+    from cxrlab.tasks.brats.survival import case_features, cross_validate_survival
+
+    write_phantoms(tmp_path / "p", layout="brats2020", n=40, size=32, seed=3)
+    dataset = BratsDataset(tmp_path / "p")
+    rows = []
+    for case_id, row in dataset.survival.items():
+        if row.days is None or row.censored or row.resection not in (None, "GTR"):
+            continue
+        case = dataset.load(case_id)
+        rows.append({"case": case_id, **case_features(case, case.label), "days": float(row.days)})
+    result = cross_validate_survival(pd.DataFrame(rows), SurvivalConfig(folds=5, seed=0))
+    assert len(rows) >= 25
+    assert result["model"]["mse"] < 0.6 * result["median_baseline"]["mse"], result
+    assert result["model"]["spearman"] > 0.5 and result["model"]["accuracy"] > result["median_baseline"]["accuracy"]
