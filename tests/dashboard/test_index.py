@@ -150,3 +150,14 @@ def test_mlflow_artifact_copies_are_not_listed_twice(tmp_path):
         folder.mkdir(parents=True)
         (folder / "status.json").write_text(status)
     assert [r.name for r in RunIndex(tmp_path).refresh()] == ["bce"]
+
+
+def test_runs_of_kinds_without_a_page_are_left_out(tmp_path):
+    """A BraTS or MRNet run (run.json) is not mistaken for a classification run."""
+    from cxrlab.dashboard.index import open_index
+    from cxrlab.runs.rundir import claim_run_directory
+
+    run = claim_run_directory(tmp_path / "runs" / "brats_demo", kind="brats")
+    (run / "config.yaml").write_text("name: brats_demo\n")
+    (run / "status.json").write_text('{"state": "finished"}')
+    assert [r for r in open_index(tmp_path / "runs").refresh() if "brats" in r.name] == []

@@ -305,11 +305,12 @@ READERS = {"classification": _read_classification, "study": _read_study, "segmen
 
 
 def _declared_kind(path: Path, files: set[str]) -> str | None:
-    """The kind ``run.json`` declares, when the dashboard has a page for it (runs since format 1)."""
+    """The kind ``run.json`` declares (runs since format 1): one of :data:`KINDS`, ``"other"`` for a
+    run kind the dashboard has no page for yet (MRNet, BraTS), or None without a ``run.json``."""
     if RunDir.RUN not in files:
         return None
     kind = read_run_json(path).get("kind")
-    return kind if kind in KINDS else None
+    return kind if kind in KINDS else ("other" if kind else None)
 
 
 def detect_kind(files: set[str], dirs: set[str]) -> str | None:
@@ -462,6 +463,8 @@ class RunIndex:
                                 problem=f"{path}: {err.strerror or err}", parent=parent)
             return
         kind = forced or _declared_kind(path, files) or detect_kind(files, dirs)
+        if kind == "other":         # a run the dashboard cannot show: neither listed nor searched
+            return
         if kind is None:
             if depth < self.max_depth:
                 for sub in sorted(dirs - SKIP_DIRS):

@@ -159,7 +159,7 @@ def train(cfg: BratsConfig, resume: bool = False, overwrite: bool = False, progr
 
     cfg = ensure_phantoms(cfg)
     run_dir = claim_run_directory(Path(cfg.output.root) / cfg.name, resume=resume, overwrite=overwrite,
-                                  hint="pass --resume to continue it or --overwrite to replace it")
+                                  hint="pass --resume to continue it or --overwrite to replace it", kind="brats")
     save_brats_config(cfg, run_dir / "config.yaml")
     with run_status(run_dir) as status:
         L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -192,7 +192,7 @@ def train(cfg: MRNetConfig, *, resume: bool = False, overwrite: bool = False, pr
 
     cfg = ensure_phantoms(cfg)
     run_dir = claim_run_directory(Path(cfg.output.root) / cfg.name, resume=resume, overwrite=overwrite,
-                                  hint="pass --resume to continue it")
+                                  hint="pass --resume to continue it", kind="mrnet")
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
