@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 import importlib.util
+import logging
 
 from cxrlab.errors import ConfigError, CxrlabError
 
@@ -44,3 +45,16 @@ def require_extra(extra: str, *modules: str) -> None:
     if missing:
         raise ConfigError(f"cxrlab[{extra}]", f"{', '.join(missing)} not installed; "
                                               f"pip install 'cxrlab[{extra}]'")
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's start-up notices off the terminal (commands that train)."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def print_markdown(console: Console, markdown: str) -> None:
+    """Print a Markdown table (a report's ``table.md``) on ``console``."""
+    from rich.markdown import Markdown
+
+    console.print(Markdown(markdown))

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from cxrlab.cli.errors import user_errors
+from cxrlab.cli.errors import print_markdown, quiet_lightning, user_errors
 
 app = typer.Typer(help="Knee MRI: MRNet's three-plane classifier (abnormal, ACL tear, meniscal tear).",
                   no_args_is_help=True)
 console = Console()
-
-
-def _quiet_lightning() -> None:
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _print_table(markdown: str) -> None:
-    from rich.markdown import Markdown
-
-    console.print(Markdown(markdown))
 
 
 @app.command("stats")
@@ -61,10 +49,10 @@ def train_cmd(
     from cxrlab.tasks.mrnet.recipe import load_mrnet_config
     from cxrlab.tasks.mrnet.train import train
 
-    _quiet_lightning()
+    quiet_lightning()
     run_dir = train(load_mrnet_config(config, overrides or []), resume=resume, overwrite=overwrite,
                     progress=progress)
-    _print_table((run_dir / "table.md").read_text())
+    print_markdown(console, (run_dir / "table.md").read_text())
     console.print(f"run directory: [bold]{run_dir}[/]")
 
 
@@ -81,7 +69,7 @@ def evaluate_cmd(
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
     else:
-        _print_table((run_dir / "table.md").read_text())
+        print_markdown(console, (run_dir / "table.md").read_text())
 
 
 @app.command("predict")
@@ -126,9 +114,9 @@ def demo_cmd(
     from cxrlab.data.datasets.mrnet import mrnet_stats
     from cxrlab.tasks.mrnet.demo import run_demo
 
-    _quiet_lightning()
+    quiet_lightning()
     run_dir = run_demo(out, overrides=overrides or [])
     console.print("[bold]SYNTHETIC phantoms — not real patients[/]")
     typer.echo(json.dumps(mrnet_stats(Path(out) / "phantoms" / "MRNet-v1.0"), indent=2))
-    _print_table((run_dir / "table.md").read_text())
+    print_markdown(console, (run_dir / "table.md").read_text())
     console.print(f"run directory: [bold]{run_dir}[/]")

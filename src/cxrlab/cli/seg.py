@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from cxrlab.cli.errors import user_errors
+from cxrlab.cli.errors import print_markdown, quiet_lightning, user_errors
 
 app = typer.Typer(help="Pneumothorax segmentation: baseline U-Net vs the gated One Case cascade.",
                   no_args_is_help=True)
 console = Console()
-
-
-def _quiet_lightning() -> None:
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _print_table(markdown: str) -> None:
-    from rich.markdown import Markdown
-
-    console.print(Markdown(markdown))
 
 
 @app.command("train")
@@ -38,10 +26,10 @@ def train_cmd(
     from cxrlab.config.pneumothorax import load_pneumothorax_config
     from cxrlab.tasks.pneumothorax.train import train
 
-    _quiet_lightning()
+    quiet_lightning()
     cfg = load_pneumothorax_config(config, overrides or [])
     run_dir = train(cfg, progress=progress)
-    _print_table((run_dir / "table.md").read_text())
+    print_markdown(console, (run_dir / "table.md").read_text())
     console.print(f"run directory: [bold]{run_dir}[/]")
 
 
@@ -58,7 +46,7 @@ def evaluate_cmd(
     """Tune post-processing on the validation split and score it on the test split."""
     from cxrlab.tasks.pneumothorax.evaluate import evaluate_run, parse_postprocess
 
-    _quiet_lightning()
+    quiet_lightning()
     rows, fixed = [], {}
     for text in postprocess or []:
         row, spec = parse_postprocess(text)
@@ -69,7 +57,7 @@ def evaluate_cmd(
     if as_json:
         typer.echo(json.dumps(metrics, indent=2, default=lambda v: None))
     else:
-        _print_table((Path(run_dir) / "table.md").read_text())
+        print_markdown(console, (Path(run_dir) / "table.md").read_text())
 
 
 @app.command("predict")
@@ -108,9 +96,9 @@ def cv_cmd(
     from cxrlab.config.pneumothorax import load_pneumothorax_config
     from cxrlab.tasks.pneumothorax.cv import cross_validate
 
-    _quiet_lightning()
+    quiet_lightning()
     cfg = load_pneumothorax_config(config, overrides or [])
     result = cross_validate(cfg, folds=folds, out=out, progress=progress)
-    _print_table(result["markdown"])
+    print_markdown(console, result["markdown"])
     target = Path(out) if out is not None else Path(cfg.output.root) / cfg.name
     console.print(f"tables: [bold]{target / 'cv_table.md'}[/], {target / 'cv_table.csv'}")

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from cxrlab.config import OutputConfig, apply_overrides, read_recipe
-from cxrlab.config.base import build
+from cxrlab.config.base import Recipe, build
 from cxrlab.errors import ConfigError
 from cxrlab.utils import atomic_write_text
 
@@ -162,7 +162,7 @@ class BratsPhantomConfig:
 
 
 @dataclass(frozen=True)
-class BratsConfig:
+class BratsConfig(Recipe):
     """A BraTS recipe (``configs/brats_weninger2018.yaml``, ``configs/demo_brats.yaml``)."""
 
     name: str = "brats"
@@ -174,9 +174,6 @@ class BratsConfig:
     survival: SurvivalConfig = field(default_factory=SurvivalConfig)
     phantoms: BratsPhantomConfig | None = None
     output: OutputConfig = field(default_factory=OutputConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
 
 
 def _check(cfg: BratsConfig) -> BratsConfig:
