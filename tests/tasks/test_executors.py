@@ -8,7 +8,7 @@ import os
 import pytest
 
 from cxrlab.errors import ConfigError
-from cxrlab.tasks.scaling.executors import InlineExecutor, LocalExecutor, RayExecutor, create_executor
+from cxrlab.engine.executors import InlineExecutor, LocalExecutor, RayExecutor, create_executor
 from cxrlab.tasks.scaling.plan import slug
 
 

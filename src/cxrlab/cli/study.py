@@ -57,7 +57,7 @@ def scaling_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan and exit."),
 ) -> None:
     """Run every unfinished run of a study grid; writes OUT/results.csv (one row per run)."""
-    from cxrlab.tasks.scaling.executors import create_executor
+    from cxrlab.engine.executors import create_executor
     from cxrlab.tasks.scaling.run import prepare_phantoms, run_study
     from cxrlab.tasks.scaling.plan import expand_grid
     from cxrlab.config.study import load_study

@@ -134,8 +134,8 @@ def read_dicom(
     image = _ImageHeader.from_dataset(path, header)
     check_geometry(path, image.rows, image.cols, max_pixels=max_pixels,
                    samples=image.samples)
-    syntax = _transfer_syntax(header)
-    _check_decodable(path, syntax)
+    syntax = transfer_syntax(header)
+    check_decodable(path, syntax)
 
     ds = _read(path, stop_before_pixels=False)
     keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
@@ -343,7 +343,7 @@ def _read(path: Path, *, stop_before_pixels: bool) -> Dataset:
     return ds
 
 
-def _transfer_syntax(ds: Dataset) -> UID:
+def transfer_syntax(ds: Dataset) -> UID:
     """The file's transfer syntax; files without file meta get the one they were parsed with."""
     meta = ds.get("file_meta")
     if meta is not None and "TransferSyntaxUID" in meta:
@@ -354,7 +354,7 @@ def _transfer_syntax(ds: Dataset) -> UID:
     return ExplicitVRBigEndian
 
 
-def _check_decodable(path: Path, syntax: UID) -> None:
+def check_decodable(path: Path, syntax: UID) -> None:
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError as err:

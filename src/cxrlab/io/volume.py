@@ -432,10 +432,10 @@ def _pixel_spacing(ds: Any, frame: int | None = None) -> tuple[float, float]:
 def _read_full(path: Path, pydicom: Any) -> Any:
     from pydicom.errors import InvalidDicomError
 
-    from cxrlab.io.dicom import _check_decodable, _transfer_syntax
+    from cxrlab.io.dicom import check_decodable, transfer_syntax
 
     header = _header(path)
-    _check_decodable(path, _transfer_syntax(header))
+    check_decodable(path, transfer_syntax(header))
     try:
         return pydicom.dcmread(path, force=True)
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as err:

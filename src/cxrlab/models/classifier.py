@@ -49,7 +49,12 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from cxrlab.errors import ConfigError, InputError, MissingFileError, WeightsUnavailableError
+from cxrlab.errors import (
+    ConfigError,
+    InputError,
+    MissingFileError,
+    WeightsUnavailableError,
+)
 from cxrlab.models.registry import resolve_timm_name
 
 log = logging.getLogger(__name__)
@@ -240,8 +245,6 @@ def create_classifier(name: str, num_classes: int, in_chans: int = 3, head: str 
         >>> model(torch.zeros(2, 1, 64, 64)).shape
         torch.Size([2, 5])
     """
-    import timm
-
     if head not in HEADS:
         raise ConfigError("model.head", f"unknown head {head!r}; choose from {HEADS}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
@@ -254,12 +257,7 @@ def create_classifier(name: str, num_classes: int, in_chans: int = 3, head: str 
         raise ConfigError("model.pretrained", f"must be null, 'imagenet' or a path, got {pretrained!r}")
     timm_name = resolve_timm_name(name)
     kwargs: dict[str, Any] = {"num_classes": 0, "global_pool": "", "in_chans": int(in_chans)}
-    if isinstance(pretrained, str) and pretrained == IMAGENET:
-        body = _imagenet_body(name, timm_name, kwargs)
-    else:
-        body = timm.create_model(timm_name, pretrained=False, **kwargs)
-        if pretrained is not None:
-            load_body_weights(body, pretrained, int(in_chans))
+    body = create_body(name, timm_name, kwargs, pretrained, int(in_chans))
     num_features = int(body.num_features)
     make_head = concat_head if head == "concat" else linear_head
     num_classes, in_chans = int(num_classes), int(in_chans)
@@ -268,8 +266,35 @@ def create_classifier(name: str, num_classes: int, in_chans: int = 3, head: str 
                       head_type=head, dropout=float(dropout))
 
 
-def _imagenet_body(name: str, timm_name: str, kwargs: dict[str, Any]) -> nn.Module:
+def create_body(name: str, timm_name: str, kwargs: dict[str, Any], pretrained: str | os.PathLike | None,
+                in_chans: int) -> nn.Module:
+    """A timm feature body with random, ImageNet (``"imagenet"``) or local-file weights.
+
+    Args:
+        name: The architecture as the user wrote it (for messages).
+        timm_name: The resolved timm model name.
+        kwargs: Extra ``timm.create_model`` arguments (``num_classes=0`` etc.).
+        pretrained: None (random), ``"imagenet"`` or a path to a local weights file.
+        in_chans: Input channels (local weights are adapted to them).
+
+    Raises:
+        WeightsUnavailableError: ImageNet weights cannot be downloaded (offline).
+        MissingFileError, InputError: The local file is missing or does not fit.
+    """
     import timm
+
+    if isinstance(pretrained, str) and pretrained == IMAGENET:
+        return imagenet_body(name, timm_name, kwargs)
+    body = timm.create_model(timm_name, pretrained=False, **kwargs)
+    if pretrained is not None:
+        load_body_weights(body, pretrained, in_chans)
+    return body
+
+
+def imagenet_body(name: str, timm_name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """timm body with ImageNet weights, or :class:`WeightsUnavailableError` saying how to go offline."""
+    import timm
+
 
     try:
         return timm.create_model(timm_name, pretrained=True, **kwargs)

@@ -18,6 +18,7 @@ with ``features.*`` keys; for timm bodies anything
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -27,7 +28,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from cxrlab.errors import ConfigError, InputError, MissingFileError, WeightsUnavailableError
+from cxrlab.errors import (
+    ConfigError,
+    InputError,
+    MissingFileError,
+    WeightsUnavailableError,
+)
+from cxrlab.models.classifier import create_body
+from cxrlab.models.registry import resolve_timm_name
+from cxrlab.utils import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -117,19 +126,9 @@ def create_plane_net(arch: str = ALEXNET, pretrained: str | os.PathLike | None =
         if pretrained is not None:
             _load_alexnet(body, pretrained)
         return PlaneNet(body, 256, arch)
-    from cxrlab.models.classifier import IMAGENET, _imagenet_body, load_body_weights
-    from cxrlab.models.registry import resolve_timm_name
-
     timm_name = resolve_timm_name(arch)
     kwargs: dict[str, Any] = {"num_classes": 0, "global_pool": "", "in_chans": 3}
-    if isinstance(pretrained, str) and pretrained == IMAGENET:
-        body = _imagenet_body(arch, timm_name, kwargs)
-    else:
-        import timm
-
-        body = timm.create_model(timm_name, pretrained=False, **kwargs)
-        if pretrained is not None:
-            load_body_weights(body, pretrained, 3)
+    body = create_body(arch, timm_name, kwargs, pretrained, 3)
     if getattr(body, "output_fmt", "NCHW") != "NCHW":
         raise ConfigError("model.arch", f"{arch!r} returns {body.output_fmt} features; MRNet needs an NCHW CNN body")
     return PlaneNet(body, int(body.num_features), arch)
@@ -180,10 +179,6 @@ def save_plane_checkpoint(path: str | os.PathLike, net: PlaneNet, meta: dict[str
 
     File layout: ``{"format": "cxrlab-mrnet-plane", "version": 1, "meta_json": str, "state_dict": {...}}``.
     """
-    import json
-
-    from cxrlab.utils import atomic_torch_save
-
     full = {**meta, "arch": net.arch}
     payload = {"format": PLANE_FORMAT, "version": PLANE_VERSION,
                "meta_json": json.dumps(full, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)),
@@ -199,8 +194,6 @@ def load_plane_checkpoint(path: str | os.PathLike, map_location: str | torch.dev
         MissingFileError: No such file.
         InputError: Not an MRNet plane checkpoint, or its weights do not fit its architecture.
     """
-    import json
-
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(path, "plane checkpoint not found")

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrlab.errors import ConfigError, InputError, MissingFileError
+from cxrlab.models.classifier import imagenet_body
 from cxrlab.models.registry import resolve_timm_name
 
 FORMAT = "cxrlab-multitask"
@@ -64,9 +65,7 @@ def create_encoder(name: str, in_chans: int = 1, pretrained: str | os.PathLike |
         if pretrained is None:
             return timm.create_model(timm_name, pretrained=False, **kwargs)
         if str(pretrained) == "imagenet":
-            from cxrlab.models.classifier import _imagenet_body
-
-            return _imagenet_body(name, timm_name, kwargs)
+            return imagenet_body(name, timm_name, kwargs)
         path = Path(pretrained)
         if not path.is_file():
             raise MissingFileError(path, "pretrained weights file not found; pass 'imagenet' or a "

@@ -185,7 +185,7 @@ def train(cfg: MRNetConfig, *, resume: bool = False, overwrite: bool = False, pr
     Raises:
         ConfigError: The run folder holds files and neither ``resume`` nor ``overwrite`` is set.
     """
-    from cxrlab.tasks.scaling.executors import create_executor
+    from cxrlab.engine.executors import create_executor
     from cxrlab.runs.rundir import claim_run_directory, run_status
     from cxrlab.tasks.mrnet.data import ensure_phantoms, fit_landmarks, open_splits, write_split
     from cxrlab.tasks.mrnet.evaluate import evaluate_run, predict_splits

@@ -327,7 +327,7 @@ def run_study(study: StudyConfig, out_dir: str | Path, executor: Any = None,
     Args:
         study: The study.
         out_dir: The study folder (see the module docstring); reuse it to resume.
-        executor: A :mod:`cxrlab.tasks.scaling.executors` executor (default: inline).
+        executor: A :mod:`cxrlab.engine.executors` executor (default: inline).
         progress: Called with a :class:`StudyProgress` after every event.
         epoch_hook: Passed to every run's ``train`` (inline executor only; tests).
         prepare: Build the resolution caches here before dispatching (surfaces data
@@ -339,7 +339,7 @@ def run_study(study: StudyConfig, out_dir: str | Path, executor: Any = None,
         ConfigError: Changed recipes without ``rerun_changed``; a study already running.
         KeyboardInterrupt: Propagated after the executor is stopped.
     """
-    from cxrlab.tasks.scaling.executors import InlineExecutor
+    from cxrlab.engine.executors import InlineExecutor
 
     out = Path(out_dir).resolve()
     executor = executor or InlineExecutor()
