@@ -23,9 +23,9 @@ demo: $(STAMP)
 	@echo
 	@echo "Open the dashboard on the demo's runs:  $(VENV)/bin/cxrlab dashboard --runs runs/demo"
 
-# The dashboard's browser test needs Debian's chromium + chromium-driver; the script installs
-# them when missing and possible, and otherwise says why the test will be skipped. The DICOM
-# node tests need dcmtk, dicom3tools and orthanc; ensure_dicom_tools.sh does the same for them.
+# The dashboard's browser test needs Debian's chromium + chromium-driver, the DICOM node tests
+# dcmtk, dicom3tools and orthanc. Both scripts call scripts/ensure_debian.sh, which installs the
+# packages when missing and possible, and otherwise says why those tests will be skipped.
 test: $(STAMP)
 	bash scripts/ensure_chromium.sh
 	bash scripts/ensure_dicom_tools.sh
