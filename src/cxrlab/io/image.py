@@ -28,6 +28,7 @@ colour images are converted to gray with the ITU-R BT.601 luma weights
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import warnings
@@ -41,7 +42,7 @@ from cxrlab.errors import ImageReadError, ImageTooLargeError, MissingFileError
 from cxrlab.io.dicom import has_dicm_prefix, looks_like_dicom, read_dicom
 from cxrlab.io.guard import decoding
 from cxrlab.io.limits import DEFAULT_MAX_PIXELS, check_geometry
-from cxrlab.io.jpeg import check_jpeg_structure
+from cxrlab.io.jpeg import check_jpeg_structure, check_scans_complete
 from cxrlab.io.png import check_png_structure
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -239,16 +240,29 @@ def _read_pil(path: Path, fmt: str, max_pixels: int) -> tuple[np.ndarray, dict]:
         bands = len(image.getbands())
         # what will be allocated: Pillow's buffer, then float32 per band
         check_geometry(path, rows, cols, max_pixels=max_pixels, samples=bands)
+        data = None
         if fmt == "png":
             check_png_structure(path, max_pixels=max_pixels)
         else:
-            check_jpeg_structure(path)
+            data = check_jpeg_structure(path)
         with decoding(path, f"truncated or corrupt {name}"):
             image.load()
             array = _pil_to_array(image)
+    if data is not None:
+        check_scans_complete(path, data, array, lambda probed: _decode_jpeg(path, probed))
     fields = {"shape": (rows, cols), "photometric": mode, "transfer_syntax": None,
               "bits_stored": _BITS_BY_MODE.get(mode)}
     return array, fields
+
+
+def _decode_jpeg(path: Path, data: bytes) -> np.ndarray:
+    """Decode JPEG bytes held in memory as :func:`_read_pil` decodes the file."""
+    with decoding(path, "JPEG scan data ends early (decoding it with probe bytes after the "
+                        "scan fails)"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # size checked before
+        with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
+            image.load()
+            return _pil_to_array(image)
 
 
 def _pil_to_array(image: Image.Image) -> np.ndarray:
