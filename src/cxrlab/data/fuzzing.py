@@ -829,11 +829,10 @@ def _record(results, case, outcome, detail, seconds, progress) -> None:
 
 def _child(job_path: str) -> None:
     """The child: imports, RLIMIT_AS, then one JSON line before and after each case."""
-    import resource
-
     from cxrlab.data.transforms import PreprocessConfig, preprocess, to_tensor
     from cxrlab.errors import InputError
     from cxrlab.io import read_image
+    from cxrlab.io.limits import limit_address_space
 
     import logging
 
@@ -842,11 +841,7 @@ def _child(job_path: str) -> None:
     job = pickle.loads(Path(job_path).read_bytes())
     folder = Path(job["folder"])
     cfg = PreprocessConfig(size=job["size"])
-    with open("/proc/self/statm") as handle:
-        pages = int(handle.read().split()[0])
-    baseline = pages * os.sysconf("SC_PAGE_SIZE")
-    limit = baseline + job["memory_mb"] * (1 << 20)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    limit_address_space(job["memory_mb"])
     out = sys.stdout
     for case in job["cases"]:
         out.write(json.dumps({"event": "start", "id": case.case_id}) + "\n")
