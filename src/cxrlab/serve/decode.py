@@ -204,9 +204,10 @@ class _Worker:
         self._ready = True
 
     def stop(self, force: bool = False) -> None:
-        """Ask the child to end (or with ``force``, do not ask), then kill it if it has not."""
+        """Ask the child to end, then kill it if it has not; a child still busy (``force``)
+        or still importing is killed at once."""
         self.alive = False
-        if self.process.is_alive() and not force:
+        if self.process.is_alive() and not force and self._ready:
             try:
                 self._conn.send(None)
             except OSError:
