@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -118,34 +118,40 @@ def check_jpeg_structure(path: str | Path) -> bytes:
     return data
 
 
-def scan_ends(data: bytes) -> list[int]:
-    """Byte offsets where the entropy-coded data of each scan ends (its next marker).
+def _segments(data: bytes) -> Iterator[tuple[int, bytes, int, int]]:
+    """``(marker, body, start, end)`` of each marker segment after SOI, up to EOI.
 
-    A scan that runs to the end of ``data`` without a marker adds no offset (such a file
-    is truncated, which the decoder reports by itself).
+    For an SOS segment, ``start``-``end`` is its entropy-coded data, up to the next marker
+    (or the end of ``data`` when none follows); for the others, the segment itself.
+    Lenient: stops where the structure breaks (:func:`check_jpeg_structure` reports that).
     """
-    ends, pos = [], 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            break
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
         marker = data[pos + 1]
-        if marker == 0xFF:
+        if marker == 0xFF:  # fill byte
             pos += 1
             continue
         if marker in _STANDALONE:
             pos += 2
             continue
         if marker == 0xD9:
-            break
+            return
         (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+        body, start = data[pos + 4:pos + 2 + length], pos
         pos += 2 + length
         if marker == 0xDA:
             found = _MARKER_AFTER_SCAN.search(data, pos)
-            if found is None:
-                break
-            ends.append(found.start())
-            pos = found.start()
-    return ends
+            start, pos = pos, (found.start() if found else len(data))
+        yield marker, body, start, pos
+
+
+def scan_ends(data: bytes) -> list[int]:
+    """Byte offsets where the entropy-coded data of each scan ends (its next marker).
+
+    A scan that runs to the end of ``data`` without a marker adds no offset (such a file
+    is truncated, which the decoder reports by itself).
+    """
+    return [end for marker, _, _, end in _segments(data) if marker == 0xDA and end < len(data)]
 
 
 def check_scans_complete(path: str | Path, data: bytes, decoded: np.ndarray,
@@ -188,29 +194,14 @@ def check_restart_count(path: str | Path, data: bytes) -> None:
     Raises:
         ImageReadError: Fewer restart markers than that.
     """
-    frame, interval, scans, pos = None, 0, [], 2
-    while pos + 4 <= len(data) and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        if marker in _STANDALONE:
-            pos += 2
-            continue
-        if marker == 0xD9:
-            break
-        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
-        body = data[pos + 4:pos + 2 + length]
-        pos += 2 + length
+    frame, interval, scans = None, 0, []
+    for marker, body, start, end in _segments(data):
         if marker in (0xC0, 0xC1) and len(body) >= 6:
             frame = body
         elif marker == 0xDD and len(body) >= 2:
             (interval,) = struct.unpack(">H", body[:2])
         elif marker == 0xDA:
-            found = _MARKER_AFTER_SCAN.search(data, pos)
-            end = found.start() if found else len(data)
-            scans.append((body, interval, pos, end))
-            pos = end
+            scans.append((body, interval, start, end))
     if frame is None or len(scans) != 1:
         return
     body, interval, start, end = scans[0]
