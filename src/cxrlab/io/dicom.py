@@ -29,7 +29,9 @@ Nothing in the header is trusted before it is checked against the rest (see
 :func:`read_dicom`): Rows/Columns, SamplesPerPixel, PhotometricInterpretation,
 BitsAllocated/BitsStored and the pixel data's length (native) or the codestream's own
 frame header (JPEG, JPEG-LS, JPEG 2000, RLE) must agree; a compressed frame must end with
-its end-of-image marker; Rescale Slope/Intercept must be single finite numbers with a
+its end-of-image marker, and a Huffman-coded JPEG frame (baseline, extended, lossless)
+must hold all the blocks its header declares (:func:`cxrlab.io.jpeg.check_scans_complete`,
+a second decode with probe bytes after the scan); Rescale Slope/Intercept must be single finite numbers with a
 non-zero slope; LUT descriptors must match their data. Every call into pydicom and the
 codecs runs inside :func:`cxrlab.io.guard.decoding`, so bad bytes end in an
 :class:`~cxrlab.errors.ImageReadError` naming the file, never in a generic exception.
@@ -169,8 +171,8 @@ def read_dicom(
         stored = ds.pixel_array
     image.check_decoded(stored)
     if syntax in _HUFFMAN_JPEG and frame is not None:
-        check_scans_complete(path, frame, stored,
-                             lambda probed: _decode_probe(path, ds, syntax, probed))
+        check_scans_complete(path, frame, lambda probed: np.array_equal(
+            stored, _decode_probe(path, ds, syntax, probed)))
     if image.photometric == _PALETTE:
         with decoding(path, "cannot apply the DICOM palette colour LUT"):
             pixels = apply_color_lut(stored, ds)

@@ -31,7 +31,6 @@ import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 
 from cxrlab.errors import ImageReadError
 
@@ -40,10 +39,10 @@ _HUFFMAN_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7}
 #: Arithmetic-coded frames (can spend less than a bit a block: not bounded here).
 _ARITHMETIC_SOF = {0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _STANDALONE = {0x01, *range(0xD0, 0xD8)}
-#: The first marker after entropy-coded data: FF (fill FFs) then neither a stuffed 00, an
-#: RSTn nor another fill byte (T.81 B.1.1.2 and B.1.1.5).
-_MARKER_AFTER_SCAN = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
-_RESTART = re.compile(rb"\xff+[\xd0-\xd7]")
+#: The marker that ends entropy-coded data: FF then neither a stuffed 00, an RSTn nor a
+#: fill byte FF (T.81 B.1.1.2 and B.1.1.5); fill bytes before it are stepped back over.
+_MARKER_AFTER_SCAN = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
+_RESTART = re.compile(rb"\xff[\xd0-\xd7]")
 #: Bytes inserted after each scan: no FF (so no marker), a varied bit pattern (so a
 #: decoder that reads them gets codes other than the zero bits libjpeg-turbo fills in).
 _PROBE = bytes((0xA5 + 167 * i) % 0xFF for i in range(64))
@@ -141,7 +140,10 @@ def _segments(data: bytes) -> Iterator[tuple[int, bytes, int, int]]:
         pos += 2 + length
         if marker == 0xDA:
             found = _MARKER_AFTER_SCAN.search(data, pos)
-            start, pos = pos, (found.start() if found else len(data))
+            end = found.start() if found else len(data)
+            while found and end > pos and data[end - 1] == 0xFF:
+                end -= 1
+            start, pos = pos, end
         yield marker, body, start, pos
 
 
@@ -154,48 +156,54 @@ def scan_ends(data: bytes) -> list[int]:
     return [end for marker, _, _, end in _segments(data) if marker == 0xDA and end < len(data)]
 
 
-def check_scans_complete(path: str | Path, data: bytes, decoded: np.ndarray,
-                         decode: Callable[[bytes], np.ndarray]) -> None:
+def check_scans_complete(path: str | Path, data: bytes,
+                         decodes_same: Callable[[bytes], bool]) -> None:
     """Refuse a JPEG whose scans end before all the blocks its frame declares.
 
     Args:
         path: The file (named in the message).
-        data: The JPEG bytes (a file, or one frame of a DICOM).
-        decoded: What ``decode(data)`` returned.
-        decode: The decoder used for ``decoded``: bytes to pixels.
+        data: The JPEG bytes (a file, or one frame of a DICOM), already decoded once.
+        decodes_same: Whether the given bytes decode, with the decoder that decoded
+            ``data``, to the same pixels as ``data`` did.
 
     Raises:
         ImageReadError: The pixels change when bytes are inserted after the scans (see the
             module docstring), or too few restart markers.
     """
-    ends = scan_ends(data)
+    segments = list(_segments(data))
+    ends = [end for marker, _, _, end in segments if marker == 0xDA and end < len(data)]
     if not ends:
         return
-    check_restart_count(path, data)
+    check_restart_count(path, data, segments)
     pieces, start = [], 0
     for end in ends:
         pieces += [data[start:end], _PROBE]
         start = end
-    probed = decode(b"".join(pieces) + data[start:])
-    if probed.shape != decoded.shape or not np.array_equal(probed, decoded):
+    if not decodes_same(b"".join(pieces) + data[start:]):
         raise ImageReadError(path, "JPEG scan data ends before all the blocks its frame header "
                                    "declares (an end-of-image marker mid-scan, or a frame "
                                    "header with more lines or columns than the scan holds): "
                                    "the decoder would fill the rest")
 
 
-def check_restart_count(path: str | Path, data: bytes) -> None:
+def check_restart_count(path: str | Path, data: bytes,
+                        segments: list[tuple[int, bytes, int, int]] | None = None) -> None:
     """Refuse a one-scan sequential JPEG with fewer RSTn markers than its MCUs need.
 
     Only a baseline or extended sequential frame (SOF0/SOF1) coded as one interleaved scan
     of all its components with a restart interval is counted: there the scan holds
     ``ceil(MCUs / interval) - 1`` restart markers (T.81 E.1.4); other files pass.
 
+    Args:
+        path: The file (named in the message).
+        data: The JPEG bytes.
+        segments: ``_segments(data)``, when the caller has them already.
+
     Raises:
         ImageReadError: Fewer restart markers than that.
     """
     frame, interval, scans = None, 0, []
-    for marker, body, start, end in _segments(data):
+    for marker, body, start, end in (segments if segments is not None else _segments(data)):
         if marker in (0xC0, 0xC1) and len(body) >= 6:
             frame = body
         elif marker == 0xDD and len(body) >= 2:
