@@ -123,7 +123,8 @@ class DecodePool:
         return await asyncio.get_running_loop().run_in_executor(None, self.read, path)
 
     def close(self) -> None:
-        """Stop every child (idempotent); reads still running finish first."""
+        """Stop every child (idempotent). Call it once the reads have returned: a child
+        still reading gets two seconds, then it is killed and its read fails."""
         with self._lock:
             if self._closed:
                 return
