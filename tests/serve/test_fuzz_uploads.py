@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import textwrap
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -128,15 +127,18 @@ def _unnamed(text: str, name_start: str) -> str:
     return re.sub(re.escape(name_start) + r"[\w.-]*", "<file>", text)
 
 
-@pytest.fixture
-def crash_pool(tmp_path, monkeypatch):
-    (tmp_path / "cxrlab_decode_hook.py").write_text(HOOK)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import cxrlab_decode_hook
+@pytest.fixture(scope="module")
+def crash_pool(tmp_path_factory):
+    """One child with the failing decode hook (replaced after each death), for the module."""
+    folder = tmp_path_factory.mktemp("hook")
+    (folder / "cxrlab_decode_hook.py").write_text(HOOK)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(folder))  # the spawned children copy sys.path
+        import cxrlab_decode_hook
 
-    with DecodePool(1, max_pixels=MAX_PIXELS, memory_mb=256, timeout_s=3.0,
-                    decode=cxrlab_decode_hook.decode_or_die) as pool:
-        yield pool
+        with DecodePool(1, max_pixels=MAX_PIXELS, memory_mb=256, timeout_s=2.0,
+                        decode=cxrlab_decode_hook.decode_or_die) as pool:
+            yield pool
 
 
 def test_a_decoder_that_kills_its_process_costs_a_422_not_the_service(fuzz_client, crash_pool, phantom_images):
@@ -146,7 +148,7 @@ def test_a_decoder_that_kills_its_process_costs_a_422_not_the_service(fuzz_clien
     try:
         for head, problem in [(b"ABORT!!!", "the decoder process was killed by SIGABRT while reading this file"),
                               (b"SIGKILL!", "the decoder process was killed by SIGKILL while reading this file"),
-                              (b"SLEEP!!!", "decoding took longer than 3 s"),
+                              (b"SLEEP!!!", "decoding took longer than 2 s"),
                               (b"ALLOC!!!", "decoding needs more memory than a decode worker may use (256 MiB)")]:
             refused = fuzz_client.post("/v1/studies", files={"file": ("x.dcm", head + bytes(64))}, headers=AUTH)
             assert refused.status_code == 422, refused.text
