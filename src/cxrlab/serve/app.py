@@ -2,16 +2,18 @@
 
 ``create_app(settings)`` builds a FastAPI application around one :class:`ModelSet`
 (loaded once, at creation), one :class:`~cxrlab.serve.store.Store` (SQLite worklist) and
-a thread pool that decodes uploads and runs the models, so the event loop only moves
-bytes and the ``GET`` endpoints answer while uploads are being analysed.
+a thread pool that runs the models, so the event loop only moves bytes and the ``GET``
+endpoints answer while uploads are being analysed. Uploads are decoded in child processes
+(:class:`~cxrlab.serve.decode.DecodePool`), so a codec that crashes costs a 422, not the
+service.
 
 Endpoints (every one but ``GET /healthz`` needs ``Authorization: Bearer <token>``):
 
 - ``GET /healthz``: liveness and the loaded models' versions.
 - ``POST /v1/studies`` (multipart field ``file``: DICOM, PNG or JPEG): analyse and
   store; 413 above the upload limit, 422 naming the problem for an unreadable image.
-  A DICOM whose SOP Instance UID (salted hash) was stored before is not analysed again:
-  the stored study comes back with ``repeat: true``.
+  A DICOM whose SOP Instance UID (salted hash) was stored before is decoded (a corrupt
+  copy gets 422) but not analysed again: the stored study comes back with ``repeat: true``.
 - ``GET /v1/studies/{id}``, ``GET /v1/studies/{id}/heatmap.png``, ``.../mask.png``.
 - ``POST /v1/studies/{id}/read``: mark read.
 - ``GET /v1/worklist``: studies by priority (critical, abnormal, no finding, normal).
