@@ -106,6 +106,7 @@ def make_settings(tmp_path, serve_checkpoint):
         values.setdefault("api_token", TOKEN)
         values.setdefault("uid_salt", b"0123456789abcdef0123456789abcdef")
         values.setdefault("inference_workers", 2)
+        values.setdefault("decode_workers", 0)  # in-process: tests/serve/test_fuzz_uploads.py runs the children
         return ServeSettings(**values)
 
     return build

@@ -30,7 +30,7 @@ def api_schema(tmp_path_factory, serve_checkpoint, model_set):
 
     root = tmp_path_factory.mktemp("fuzz")
     app = create_app(ServeSettings(classifier=serve_checkpoint, db=root / "fuzz.sqlite", api_token=TOKEN,
-                                   uid_salt=b"f" * 32), models=model_set)
+                                   uid_salt=b"f" * 32, decode_workers=0), models=model_set)
     return schemathesis.openapi.from_asgi("/openapi.json", app, headers=HEADERS)
 
 

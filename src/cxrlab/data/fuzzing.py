@@ -726,6 +726,11 @@ def generate_cases(count: int, seed: int = 0, *, large: bool = False,
 # --------------------------------------------------------------------------- running
 
 
+#: Seconds a fuzz child may take for its imports (torch) and its job file before its first
+#: case: minutes on a loaded 2-core machine.
+_START_TIMEOUT_S = 600.0
+
+
 def run_cases(cases: list[FuzzCase], *, memory_mb: int = 1024, case_timeout_s: float = 20.0,
               max_pixels: int = 2_000_000, batch: int = 200, size: int = 64,
               progress: Callable[[FuzzResult], None] | None = None) -> list[FuzzResult]:
@@ -770,7 +775,7 @@ def _run_child(chunk: list[FuzzCase], folder: Path, memory_mb: int, timeout: flo
     started = time.monotonic()
     buffer = b""
     os.set_blocking(child.stdout.fileno(), False)
-    ready_deadline = time.monotonic() + 120.0  # imports
+    ready_deadline = time.monotonic() + _START_TIMEOUT_S  # imports and the job file
     while True:
         limit = (started + timeout) if current is not None else ready_deadline
         wait = max(0.0, limit - time.monotonic())
@@ -801,7 +806,7 @@ def _run_child(chunk: list[FuzzCase], folder: Path, memory_mb: int, timeout: flo
             child.kill()
             child.wait()
             if current is None:
-                raise RuntimeError("the fuzz child did not start within 120 s")
+                raise RuntimeError(f"the fuzz child did not start within {_START_TIMEOUT_S:.0f} s")
             _record(results, by_id[current], "hang", f"no answer within {timeout:.0f} s",
                     timeout, progress)
             done.add(current)
@@ -829,11 +834,10 @@ def _record(results, case, outcome, detail, seconds, progress) -> None:
 
 def _child(job_path: str) -> None:
     """The child: imports, RLIMIT_AS, then one JSON line before and after each case."""
-    import resource
-
     from cxrlab.data.transforms import PreprocessConfig, preprocess, to_tensor
     from cxrlab.errors import InputError
     from cxrlab.io import read_image
+    from cxrlab.io.limits import limit_address_space
 
     import logging
 
@@ -842,11 +846,7 @@ def _child(job_path: str) -> None:
     job = pickle.loads(Path(job_path).read_bytes())
     folder = Path(job["folder"])
     cfg = PreprocessConfig(size=job["size"])
-    with open("/proc/self/statm") as handle:
-        pages = int(handle.read().split()[0])
-    baseline = pages * os.sysconf("SC_PAGE_SIZE")
-    limit = baseline + job["memory_mb"] * (1 << 20)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    limit_address_space(job["memory_mb"])
     out = sys.stdout
     for case in job["cases"]:
         out.write(json.dumps({"event": "start", "id": case.case_id}) + "\n")

@@ -29,7 +29,9 @@ Nothing in the header is trusted before it is checked against the rest (see
 :func:`read_dicom`): Rows/Columns, SamplesPerPixel, PhotometricInterpretation,
 BitsAllocated/BitsStored and the pixel data's length (native) or the codestream's own
 frame header (JPEG, JPEG-LS, JPEG 2000, RLE) must agree; a compressed frame must end with
-its end-of-image marker; Rescale Slope/Intercept must be single finite numbers with a
+its end-of-image marker, and a Huffman-coded JPEG frame (baseline, extended, lossless)
+must hold all the blocks its header declares (:func:`cxrlab.io.jpeg.check_scans_complete`,
+a second decode with probe bytes after the scan); Rescale Slope/Intercept must be single finite numbers with a
 non-zero slope; LUT descriptors must match their data. Every call into pydicom and the
 codecs runs inside :func:`cxrlab.io.guard.decoding`, so bad bytes end in an
 :class:`~cxrlab.errors.ImageReadError` naming the file, never in a generic exception.
@@ -49,7 +51,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.encaps import generate_frames
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.filereader import read_file_meta_info
 from pydicom.pixels import apply_color_lut, apply_modality_lut, get_decoder
 from pydicom.uid import (
@@ -58,15 +60,22 @@ from pydicom.uid import (
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
     RLELossless,
 )
 
 from cxrlab.errors import ImageReadError, ImageTooLargeError, UnsupportedTransferSyntaxError
 from cxrlab.io.guard import decoding
+from cxrlab.io.jpeg import check_scans_complete
 from cxrlab.io.limits import check_geometry, max_decoded_bytes
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+#: Huffman-coded JPEG processes (T.81) whose scans :func:`check_scans_complete` probes.
+_HUFFMAN_JPEG = (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1)
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
 _PALETTE = "PALETTE COLOR"
 _BITS_ALLOCATED = (1, 8, 16, 32, 64)
@@ -149,8 +158,9 @@ def read_dicom(
     data = ds[keyword].value or b""
     if keyword != "PixelData":
         image.check_float_pixel_data(keyword)
+    frame = None
     if syntax.is_encapsulated and keyword == "PixelData":
-        _check_encapsulated(path, data, image, syntax)
+        frame = _check_encapsulated(path, data, image, syntax)
     else:
         image.check_native_length(len(data))
     modality = _check_modality_lut(path, ds) if image.photometric in _MONOCHROME else None
@@ -160,6 +170,9 @@ def read_dicom(
     with decoding(path, f"cannot decode DICOM pixel data ({syntax.name})"):
         stored = ds.pixel_array
     image.check_decoded(stored)
+    if syntax in _HUFFMAN_JPEG and frame is not None:
+        check_scans_complete(path, frame, lambda probed: np.array_equal(
+            stored, _decode_probe(path, ds, syntax, probed)))
     if image.photometric == _PALETTE:
         with decoding(path, "cannot apply the DICOM palette colour LUT"):
             pixels = apply_color_lut(stored, ds)
@@ -373,8 +386,24 @@ def _describe(syntax: UID) -> str:
     return str(syntax) if name == str(syntax) else f"{syntax} ({name})"
 
 
-def _check_encapsulated(path: Path, data: bytes, image: _ImageHeader, syntax: UID) -> None:
-    """The one frame is complete and its own header agrees with the DICOM header."""
+def _decode_probe(path: Path, ds: Dataset, syntax: UID, frame: bytes) -> np.ndarray:
+    """Decode ``frame`` in place of the data set's own frame, with the same decoder."""
+    original = ds.PixelData
+    try:
+        ds.PixelData = encapsulate([frame])
+        with decoding(path, f"{syntax.name} scan data ends early (decoding it with probe "
+                            "bytes after the scan fails)"):
+            return ds.pixel_array
+    finally:
+        ds.PixelData = original
+
+
+def _check_encapsulated(path: Path, data: bytes, image: _ImageHeader, syntax: UID) -> bytes:
+    """The one frame is complete and its own header agrees with the DICOM header.
+
+    Returns:
+        The frame's bytes.
+    """
     with decoding(path, "corrupt encapsulated DICOM pixel data"):
         frames = list(generate_frames(data, number_of_frames=1))
     if len(frames) != 1 or not frames[0]:
@@ -382,7 +411,7 @@ def _check_encapsulated(path: Path, data: bytes, image: _ImageHeader, syntax: UI
     frame = frames[0]
     if syntax == RLELossless:
         _check_rle(path, frame, image)
-        return
+        return frame
     # EOI/EOC (FF D9), then at most one pad byte (00 or FF) as some encoders write
     end = frame.rstrip(b"\x00")[-3:]
     if frame[:2] != b"\xff\xd8" and frame[:2] != b"\xff\x4f" and frame[4:8] != b"jP  ":
@@ -394,6 +423,7 @@ def _check_encapsulated(path: Path, data: bytes, image: _ImageHeader, syntax: UI
         _check_j2k_siz(path, frame, image)
     elif frame[:2] == b"\xff\xd8":
         _check_jpeg_sof(path, frame, image)
+    return frame
 
 
 def _check_j2k_siz(path: Path, frame: bytes, image: _ImageHeader) -> None:

@@ -56,16 +56,18 @@ def decoding(path: str | Path, step: str, error: type[ImageReadError] = ImageRea
     except _PASS_THROUGH:
         raise
     except Exception as err:  # noqa: BLE001 - third-party code on untrusted bytes
-        raise error(path, f"{step}: {_describe(err)}") from err
+        raise error(path, f"{step}: {_describe(err, path)}") from err
     except BaseException as err:
         if not is_native_panic(err):
             raise
-        raise error(path, f"{step}: the native decoder panicked ({_describe(err)})") from err
+        raise error(path, f"{step}: the native decoder panicked ({_describe(err, path)})") from err
 
 
-def _describe(err: BaseException) -> str:
+def _describe(err: BaseException, path: str | Path) -> str:
+    """The exception's type and first lines; the file's full path (which the error already
+    names) shortened to its name, so a service does not echo its spool folder."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    text = " ".join(lines[:4])
+    text = " ".join(lines[:4]).replace(str(path), Path(path).name)
     if len(text) > 400:
         text = text[:400] + "..."
     return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -14,7 +14,8 @@ PNG signature, or the JPEG SOI marker. Every failure raises a specific
 
 PNG and JPEG structure is checked first (:mod:`cxrlab.io.png`: chunk order, CRCs and the
 inflated image data's length against IHDR; :mod:`cxrlab.io.jpeg`: markers and enough scan
-data for the declared frame), then they are decoded by Pillow with ``ImageFile.LOAD_TRUNCATED_IMAGES`` left at its
+data for the declared frame, and after decoding, scans that end before their frame is
+complete), then they are decoded by Pillow with ``ImageFile.LOAD_TRUNCATED_IMAGES`` left at its
 default ``False`` (this module never changes it), so a truncated file raises instead of
 decoding into a partly black image; PNG chunk CRCs are verified as well. JPEG EXIF
 orientation is not applied: the pixels are returned as stored. 16-bit colour PNGs are
@@ -28,6 +29,7 @@ colour images are converted to gray with the ITU-R BT.601 luma weights
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import warnings
@@ -35,13 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageChops
 
 from cxrlab.errors import ImageReadError, ImageTooLargeError, MissingFileError
 from cxrlab.io.dicom import has_dicm_prefix, looks_like_dicom, read_dicom
 from cxrlab.io.guard import decoding
 from cxrlab.io.limits import DEFAULT_MAX_PIXELS, check_geometry
-from cxrlab.io.jpeg import check_jpeg_structure
+from cxrlab.io.jpeg import check_jpeg_structure, check_scans_complete
 from cxrlab.io.png import check_png_structure
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -239,16 +241,33 @@ def _read_pil(path: Path, fmt: str, max_pixels: int) -> tuple[np.ndarray, dict]:
         bands = len(image.getbands())
         # what will be allocated: Pillow's buffer, then float32 per band
         check_geometry(path, rows, cols, max_pixels=max_pixels, samples=bands)
+        data = None
         if fmt == "png":
             check_png_structure(path, max_pixels=max_pixels)
         else:
-            check_jpeg_structure(path)
+            data = check_jpeg_structure(path)
         with decoding(path, f"truncated or corrupt {name}"):
             image.load()
+        if data is not None:
+            check_scans_complete(path, data, lambda probed: _decodes_same(path, image, probed))
+        with decoding(path, f"truncated or corrupt {name}"):
             array = _pil_to_array(image)
     fields = {"shape": (rows, cols), "photometric": mode, "transfer_syntax": None,
               "bits_stored": _BITS_BY_MODE.get(mode)}
     return array, fields
+
+
+def _decodes_same(path: Path, image: Image.Image, data: bytes) -> bool:
+    """Whether JPEG bytes held in memory decode to the pixels of the decoded ``image``
+    (compared by Pillow, without copying either into an array)."""
+    with decoding(path, "JPEG scan data ends early (decoding it with probe bytes after the "
+                        "scan fails)"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # size checked before
+        with Image.open(io.BytesIO(data), formats=["JPEG"]) as probed:
+            probed.load()
+            if probed.size != image.size or probed.mode != image.mode:
+                return False
+            return ImageChops.difference(image, probed).getbbox() is None
 
 
 def _pil_to_array(image: Image.Image) -> np.ndarray:

@@ -9,6 +9,8 @@ trusts their size.
 
 from __future__ import annotations
 
+import os
+import resource
 from pathlib import Path
 
 from cxrlab.errors import ImageReadError, ImageTooLargeError
@@ -60,3 +62,20 @@ def check_geometry(path: str | Path, rows: int, cols: int, *, max_pixels: int,
         raise ImageReadError(path, f"image is {rows} x {cols}: aspect ratio {ratio:.0f}:1 is "
                                    f"above {MAX_ASPECT_RATIO:.0f}:1 (a corrupt header, not a "
                                    "radiograph)")
+
+
+def limit_address_space(extra_mb: int) -> int:
+    """Cap this process's address space (``RLIMIT_AS``) at its current size plus ``extra_mb``.
+
+    Meant for a child process that decodes untrusted files, called after its imports: an
+    allocation beyond the cap then raises :class:`MemoryError` (or ends a native codec)
+    in the child instead of swapping the machine.
+
+    Returns:
+        The limit set, in bytes.
+    """
+    with open("/proc/self/statm") as handle:
+        pages = int(handle.read().split()[0])
+    limit = pages * os.sysconf("SC_PAGE_SIZE") + extra_mb * (1 << 20)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return limit

@@ -2,16 +2,18 @@
 
 ``create_app(settings)`` builds a FastAPI application around one :class:`ModelSet`
 (loaded once, at creation), one :class:`~cxrlab.serve.store.Store` (SQLite worklist) and
-a thread pool that decodes uploads and runs the models, so the event loop only moves
-bytes and the ``GET`` endpoints answer while uploads are being analysed.
+a thread pool that runs the models, so the event loop only moves bytes and the ``GET``
+endpoints answer while uploads are being analysed. Uploads are decoded in child processes
+(:class:`~cxrlab.serve.decode.DecodePool`), so a codec that crashes costs a 422, not the
+service.
 
 Endpoints (every one but ``GET /healthz`` needs ``Authorization: Bearer <token>``):
 
 - ``GET /healthz``: liveness and the loaded models' versions.
 - ``POST /v1/studies`` (multipart field ``file``: DICOM, PNG or JPEG): analyse and
   store; 413 above the upload limit, 422 naming the problem for an unreadable image.
-  A DICOM whose SOP Instance UID (salted hash) was stored before is not analysed again:
-  the stored study comes back with ``repeat: true``.
+  A DICOM whose SOP Instance UID (salted hash) was stored before is decoded (a corrupt
+  copy gets 422) but not analysed again: the stored study comes back with ``repeat: true``.
 - ``GET /v1/studies/{id}``, ``GET /v1/studies/{id}/heatmap.png``, ``.../mask.png``.
 - ``POST /v1/studies/{id}/read``: mark read.
 - ``GET /v1/worklist``: studies by priority (critical, abnormal, no finding, normal).
@@ -55,6 +57,7 @@ from cxrlab import __version__
 from cxrlab.errors import ConfigError, InputError, UnsupportedTransferSyntaxError
 from cxrlab.io.dicom import read_dicom_header
 from cxrlab.serve import stow
+from cxrlab.serve.decode import DecodePool
 from cxrlab.serve.models import Analysis, ModelSet
 from cxrlab.serve.privacy import (
     RedactingFilter,
@@ -223,6 +226,7 @@ class Service:
         self.spool = settings.artifact_dir / ".spool"
         self._store: Store | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self.decoder: DecodePool | None = None   # child processes that decode uploads (serve/decode.py)
 
     @property
     def store(self) -> Store:
@@ -245,6 +249,10 @@ class Service:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=self.settings.inference_workers,
                                             thread_name_prefix="cxrlab-infer")
+        if self.decoder is None:
+            self.decoder = DecodePool(self.settings.decode_workers, max_pixels=self.settings.max_pixels,
+                                      memory_mb=self.settings.decode_memory_mb,
+                                      timeout_s=self.settings.decode_timeout_s)
         return self
 
     def process(self, path: Path) -> tuple[StudyRecord, bool]:
@@ -253,11 +261,14 @@ class Service:
         Raises:
             InputError: Not a readable image.
         """
-        from cxrlab.io import detect_format
-
+        if self.decoder is None:
+            raise RuntimeError("the service is closed (its lifespan has ended)")
+        # decoded first, in a child process: a corrupt copy of a stored instance is refused (422),
+        # never answered with the stored result
+        image = self.decoder.read(path)
         ds = None
         sop_hash = study_hash = None
-        if detect_format(path) == "dicom":
+        if image.meta.format == "dicom":
             ds = read_dicom_header(path)  # every element parsed: ImageReadError (422) if corrupt
             self.redactor.remember(identifying_values(ds))
             sop_hash = self.hasher.hash(str(ds.get("SOPInstanceUID", "") or ""))
@@ -265,7 +276,7 @@ class Service:
             existing = self.store.find_sop(sop_hash)
             if existing is not None:
                 return existing, True
-        analysis = self.models.analyze(path)
+        analysis = self.models.analyze(path, image=image)
         original = copy.deepcopy(ds) if self.dicom is not None and ds is not None else None
         header = safe_header(ds, self.hasher) if ds is not None else None      # de-identifies ds in place
         rank, group, score = analysis.priority(self.settings.critical_findings)
@@ -289,10 +300,12 @@ class Service:
 
     def close(self) -> None:
         """Finish the running analyses, close the worklist, remove the spool folder."""
-        pool, store = self._pool, self._store
-        self._pool = self._store = None
+        pool, store, decoder = self._pool, self._store, self.decoder
+        self._pool = self._store = self.decoder = None
         if pool is not None:
             pool.shutdown(wait=True)
+        if decoder is not None:
+            decoder.close()
         if store is not None:
             store.close()
             shutil.rmtree(self.spool, ignore_errors=True)

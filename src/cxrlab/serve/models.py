@@ -26,6 +26,7 @@ from cxrlab.errors import ConfigError, InputError
 from cxrlab.inference.classifier import ClassifierPredictor
 from cxrlab.inference.pneumothorax import PneumothoraxPredictor
 from cxrlab.inference.screening import ScreeningPredictor
+from cxrlab.io import XrayImage
 
 PRIORITY_GROUPS = ("critical", "abnormal", "no-finding", "normal")
 """Worklist ranks, most urgent first: a critical finding (pneumothorax), abnormal, no
@@ -137,8 +138,13 @@ class ModelSet:
             out["pneumothorax"] = self.pneumothorax.info.to_dict()
         return out
 
-    def analyze(self, path: str | Path) -> Analysis:
+    def analyze(self, path: str | Path, image: XrayImage | None = None) -> Analysis:
         """Decode one DICOM/PNG/JPEG file and run every model on it.
+
+        Args:
+            path: The file.
+            image: The file already decoded (by :class:`cxrlab.serve.decode.DecodePool`),
+                or None to decode it here.
 
         Raises:
             InputError: The file is not a readable image (subclasses say why).
@@ -147,7 +153,8 @@ class ModelSet:
         from cxrlab.io import read_image
         from cxrlab.io.rle import rle_encode
 
-        image = read_image(path, max_pixels=self.max_pixels)
+        if image is None:
+            image = read_image(path, max_pixels=self.max_pixels)
         pixels = image.pixels
         if pixels.ndim != 2:
             raise InputError(path, f"expected a 2-D radiograph, got pixels of shape {pixels.shape}")

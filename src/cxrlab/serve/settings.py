@@ -57,6 +57,13 @@ class ServeSettings:
         outbox: Folder of results waiting to be sent; default ``<db>.outbox``.
         forward_retry_initial_s: Wait after the first failed send; doubled per failure ...
         forward_retry_max_s: ... up to this.
+        decode_workers: Child processes that decode uploads (:mod:`cxrlab.serve.decode`),
+            so a decoder that crashes costs a 422 and a fresh child, not the service; 0
+            decodes in the service process (tests, development).
+        decode_memory_mb: Address space each decode child may add after its imports
+            (``RLIMIT_AS``).
+        decode_timeout_s: Seconds one file may take in a decode child before it is
+            killed (422 naming the file).
     """
 
     classifier: Path
@@ -82,6 +89,9 @@ class ServeSettings:
     outbox: Path | None = None
     forward_retry_initial_s: float = 1.0
     forward_retry_max_s: float = 60.0
+    decode_workers: int = 2
+    decode_memory_mb: int = 4096
+    decode_timeout_s: float = 60.0
 
     @property
     def artifact_dir(self) -> Path:
@@ -130,6 +140,10 @@ class ServeSettings:
             raise ConfigError("inference_workers", f"must be at least 1, got {self.inference_workers}")
         if self.max_pixels < 1:
             raise ConfigError("max_pixels", f"must be positive, got {self.max_pixels}")
+        if self.decode_workers < 0 or self.decode_memory_mb < 1 or self.decode_timeout_s <= 0:
+            raise ConfigError("decode_workers", "decode_workers must be >= 0, decode_memory_mb >= 1 and "
+                                                f"decode_timeout_s > 0, got {self.decode_workers}, "
+                                                f"{self.decode_memory_mb}, {self.decode_timeout_s}")
         if self.dicom_port is not None and not 0 <= self.dicom_port <= 65535:
             raise ConfigError("--dicom-port", f"must be 0-65535, got {self.dicom_port}")
         check_ae_title(self.ae_title, "--ae-title")
