@@ -158,3 +158,27 @@ def test_service_batched_gives_the_findings_of_one_at_a_time(make_settings, mode
     stats = health["batching"]
     assert stats["max_batch"] == 4 and stats["images"] == len(phantom_images) * 2
     assert max(int(size) for size in stats["batch_sizes"]) > 1, stats
+
+
+def test_model_set_batch_equals_one_at_a_time(model_set, phantom_images):
+    """One batched call (probabilities, Grad-CAM of each image's own target) gives each image's
+    one-at-a-time analysis."""
+    from cxrlab.explain.cam import heatmap, heatmaps
+
+    items = [model_set.prepare(path) for path in phantom_images]
+    batched = model_set.analyze_batch(items)
+    for path, got in zip(phantom_images, batched):
+        want = model_set.analyze(path)
+        np.testing.assert_allclose([f["probability"] for f in got.findings],
+                                   [f["probability"] for f in want.findings], atol=1e-5)
+        assert got.image == want.image
+        assert {**got.heatmap, "probability": None} == {**want.heatmap, "probability": None}
+        assert got.heatmap["probability"] == pytest.approx(want.heatmap["probability"], abs=1e-5)
+    model = model_set.classifier.model
+    inputs = [item.classifier_input for item in items[:3]]
+    maps = heatmaps(model, inputs, [0, 2, 1], "gradcam", model_set.classifier.labels)
+    for image, target, got in zip(inputs, (0, 2, 1), maps):
+        want = heatmap(model, image, target, "gradcam", model_set.classifier.labels)
+        assert got.label == want.label and got.probability == pytest.approx(want.probability, abs=1e-6)
+        np.testing.assert_allclose(got.map, want.map, atol=1e-5)
+        assert got.map.std() > 0, "a flat map would compare equal trivially"

@@ -162,20 +162,21 @@ class ModelSet:
     def analyze_batch(self, items: Sequence[PreparedImage]) -> list[Analysis]:
         """Run every model on prepared images, one batched call per network; results in order.
 
-        The classifier's probabilities (:meth:`ClassifierPredictor.probabilities`), the
-        screening networks and the pneumothorax cascade each see the whole batch at once;
-        the Grad-CAM heatmap is computed per image (it needs the gradient of that image's
-        target). Calls are serialised (Grad-CAM hooks the classifier).
+        The classifier's probabilities (:meth:`ClassifierPredictor.probabilities`, whatever
+        its backend), the Grad-CAM heatmaps (one forward and backward pass of the torch
+        classifier for the batch, each image's own target), the screening networks and the
+        pneumothorax cascade each see the whole batch at once. Calls are serialised
+        (Grad-CAM hooks the classifier).
         """
-        from cxrlab.explain.cam import heatmap
+        from cxrlab.explain.cam import heatmaps
 
         if not items:
             return []
         with self._lock:
             probabilities = self.classifier.probabilities(torch.stack([item.classifier_input for item in items]))
             findings = [self.classifier.findings(p) for p in probabilities]
-            cams = [heatmap(self.classifier.model, item.classifier_input, _cam_target(found), self.cam_method,
-                            self.classifier.labels) for item, found in zip(items, findings)]
+            cams = heatmaps(self.classifier.model, [item.classifier_input for item in items],
+                            [_cam_target(found) for found in findings], self.cam_method, self.classifier.labels)
             screening: list[dict[str, Any] | None] = [None] * len(items)
             if self.screening is not None:
                 screening = list(self.screening.predict_inputs(
