@@ -32,8 +32,9 @@ def register(app: typer.Typer) -> None:
                                             help="Largest accepted upload in MB (413 above)."),
         workers: int = typer.Option(2, "--workers", min=1, help="Inference threads (decode and preprocess when "
                                                                 "batching)."),
-        max_batch: int = typer.Option(1, "--max-batch", min=1,
-                                      help="Most images of concurrent uploads in one model call (1: no batching)."),
+        max_batch: int = typer.Option(8, "--max-batch", min=1,
+                                      help="Most images of concurrent uploads in one model call (1: no batching, "
+                                           "each upload alone)."),
         batch_wait_ms: float = typer.Option(10.0, "--batch-wait-ms", min=0.0, max=10_000.0,
                                             help="Longest wait of a queued image for batch-mates, in ms."),
         backend: str = typer.Option("torch", "--backend", help="Inference backend: torch or onnx."),
