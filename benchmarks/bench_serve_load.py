@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -164,11 +165,11 @@ def serve_and_load(run_dir: Path, out: Path, pngs: list[Path], args: argparse.Na
     """One configuration: a fresh server and worklist, the load, the batch statistics."""
     import httpx
 
-    slug = "".join(c if c.isalnum() else "_" for c in name)
-    db = out / f"worklist_{slug}_{round_}.sqlite"
+    folder = out / "servers" / f"{''.join(c if c.isalnum() else '_' for c in name)}_{round_}"
+    folder.mkdir(parents=True)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = start_server(run_dir, db, port, args.workers, out / f"server_{slug}_{round_}.log", extra)
+    proc = start_server(run_dir, folder / "worklist.sqlite", port, args.workers, folder / "server.log", extra)
     try:
         wait_ready(base, proc)
         load_before = os.getloadavg()[0]
@@ -242,13 +243,10 @@ def main() -> None:
     started = time.perf_counter()
     run_dir = out / "serve_bench"
     if not (args.reuse and (run_dir / "best_auroc.pt").is_file()):
-        import shutil
-
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir = train_phantom_model(out, args.n_images, args.size, args.epochs)
         print(f"trained {run_dir} in {time.perf_counter() - started:.0f} s")
-    for stale in out.glob("worklist_*.sqlite*"):
-        stale.unlink()
+    shutil.rmtree(out / "servers", ignore_errors=True)     # worklists, PNGs and logs of earlier runs
     images = sorted((out / "data").rglob("*.jpg"))[:50] or sorted((out / "data").rglob("*.png"))[:50]
     pngs = []
     import cv2
