@@ -108,6 +108,34 @@ def test_close_drains_the_queue_then_refuses():
         batcher.submit(11)
 
 
+class Panic(BaseException):
+    """Like pyo3's PanicException: not an Exception, so ``except Exception`` misses it."""
+
+
+def test_a_panic_fails_its_batch_and_the_waiting_items_instead_of_hanging(monkeypatch):
+    seen = []
+    monkeypatch.setattr(threading, "excepthook", seen.append)
+    release = threading.Event()
+
+    def run_batch(items: list[int]) -> list[int]:
+        release.wait(10)
+        if 13 in items:
+            raise Panic("native code panicked")
+        return items
+
+    batcher = Batcher(run_batch, max_batch=1, wait_s=0.0)
+    first, second = batcher.submit(13), batcher.submit(14)
+    release.set()
+    with pytest.raises(Panic):
+        first.result(timeout=30)
+    with pytest.raises(BatcherClosedError):
+        second.result(timeout=30)
+    with pytest.raises(BatcherClosedError):
+        batcher.submit(15)
+    batcher.close(timeout=30)
+    assert [type(args.exc_value) for args in seen] == [Panic]
+
+
 def test_bad_batch_settings_are_refused(make_settings):
     with pytest.raises(ConfigError, match="max_batch"):
         Batcher(EchoModel(), max_batch=0, wait_s=0.01)

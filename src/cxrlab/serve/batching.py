@@ -145,6 +145,20 @@ class Batcher(Generic[T, R]):
     # ------------------------------------------------------------------ the thread
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        finally:      # normally after the stop; also if run_batch raised a BaseException (a native panic)
+            with self._submit_lock:
+                self._closed = True
+            while True:
+                try:
+                    left = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if left is not _STOP and left.future.set_running_or_notify_cancel():
+                    left.future.set_exception(BatcherClosedError("the batcher stopped before this item ran"))
+
+    def _serve(self) -> None:
         stopping = False
         while not stopping:
             first = self._queue.get()
@@ -168,6 +182,16 @@ class Batcher(Generic[T, R]):
         live = [p for p in batch if p.future.set_running_or_notify_cancel()]
         if not live:
             return
+        try:
+            self._call(live)
+        except BaseException as err:   # not an Exception (a native panic): fail the batch, stop the batcher
+            for pending in live:
+                if not pending.future.done():
+                    pending.future.set_exception(err)
+            log.error("the batcher stopped: %r", err)
+            raise
+
+    def _call(self, live: list[_Pending[T, R]]) -> None:
         started = time.monotonic()
         try:
             results = list(self.run_batch([p.item for p in live]))
