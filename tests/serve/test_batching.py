@@ -193,9 +193,10 @@ def test_model_set_batch_equals_one_at_a_time(model_set, phantom_images):
     one-at-a-time analysis."""
     from cxrlab.explain.cam import heatmap, heatmaps
 
-    items = [model_set.prepare(path) for path in phantom_images]
+    paths = phantom_images[:4]
+    items = [model_set.prepare(path) for path in paths]
     batched = model_set.analyze_batch(items)
-    for path, got in zip(phantom_images, batched):
+    for path, got in zip(paths, batched):
         want = model_set.analyze(path)
         np.testing.assert_allclose([f["probability"] for f in got.findings],
                                    [f["probability"] for f in want.findings], atol=1e-5)

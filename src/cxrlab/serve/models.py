@@ -129,8 +129,8 @@ class ModelSet:
     @classmethod
     def from_settings(cls, settings: Any) -> ModelSet:
         """Load the models a :class:`~cxrlab.serve.settings.ServeSettings` names."""
-        # the backend parameter comes with the ONNX backends of the inference layer (issue 18)
-        backend = {"backend": settings.backend} if getattr(settings, "backend", "torch") != "torch" else {}
+        # the backend parameter of ModelSet comes with the inference layer's ONNX backends (issue 18 part A)
+        backend = {"backend": settings.backend} if settings.backend != "torch" else {}
         return cls(settings.classifier, settings.screening, settings.pneumothorax,
                    cam_method=settings.cam_method, max_pixels=settings.max_pixels, **backend)
 
