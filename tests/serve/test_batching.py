@@ -211,3 +211,35 @@ def test_model_set_batch_equals_one_at_a_time(model_set, phantom_images):
         assert got.label == want.label and got.probability == pytest.approx(want.probability, abs=1e-6)
         np.testing.assert_allclose(got.map, want.map, atol=1e-5)
         assert got.map.std() > 0, "a flat map would compare equal trivially"
+
+
+def test_cli_passes_the_batching_options(serve_checkpoint, tmp_path, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    import cxrlab.serve.app
+    from cxrlab.cli.serve import register
+
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        """Test app."""
+
+    register(app)
+    captured = []
+
+    def fake_create_app(settings):
+        captured.append(settings)
+        raise ConfigError("test", "stopped before loading the models")
+
+    monkeypatch.setattr(cxrlab.serve.app, "create_app", fake_create_app)
+    runner, env = CliRunner(), {"CXRLAB_API_TOKEN": "a-long-enough-token"}
+    base = ["serve", "--classifier", str(serve_checkpoint), "--db", str(tmp_path / "w.sqlite")]
+    runner.invoke(app, [*base, "--max-batch", "4", "--batch-wait-ms", "25"], env=env)
+    runner.invoke(app, base, env=env)
+    assert [(s.max_batch, s.batch_wait_ms, s.backend) for s in captured] == [(4, 25.0, "torch"), (8, 10.0, "torch")]
+    refused = runner.invoke(app, [*base, "--backend", "onx"], env=env)
+    assert refused.exit_code == 2 and "did you mean 'onnx'" in refused.output
+    assert runner.invoke(app, [*base, "--max-batch", "0"], env=env).exit_code == 2
+    assert len(captured) == 2
