@@ -206,23 +206,11 @@ class Batcher(Generic[T, R]):
             with self._stats_lock:
                 self._isolated += 1
             for pending in live:
-                self._run_alone(pending)
+                self._call([pending])       # alone: only the failing item gets its error
             return
         self._record(live, started)
         for pending, result in zip(live, results):
             pending.future.set_result(result)
-
-    def _run_alone(self, pending: _Pending[T, R]) -> None:
-        started = time.monotonic()
-        try:
-            result = list(self.run_batch([pending.item]))
-            if len(result) != 1:
-                raise RuntimeError(f"run_batch returned {len(result)} results for 1 item")
-        except Exception as err:   # noqa: BLE001 - handed to the waiting caller
-            pending.future.set_exception(err)
-        else:
-            pending.future.set_result(result[0])
-        self._record([pending], started)
 
     def _record(self, batch: list[_Pending[T, R]], started: float) -> None:
         with self._stats_lock:
