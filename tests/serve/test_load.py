@@ -47,11 +47,11 @@ class BlockingModels:
     def versions(self):
         return self.inner.versions()
 
-    def analyze(self, path):
+    def analyze(self, path, image=None):
         self.entered.set()
         if not self.release.wait(120):
             raise TimeoutError("never released")
-        return self.inner.analyze(path)
+        return self.inner.analyze(path, image)
 
 
 def test_get_endpoints_answer_while_inference_runs(make_settings, model_set, phantom_images, auth):

@@ -30,7 +30,14 @@ def register(app: typer.Typer) -> None:
                                               help="Serve without the bearer token (local use only)."),
         max_upload_mb: float = typer.Option(64.0, "--max-upload-mb", min=0.001,
                                             help="Largest accepted upload in MB (413 above)."),
-        workers: int = typer.Option(2, "--workers", min=1, help="Inference threads."),
+        workers: int = typer.Option(2, "--workers", min=1, help="Inference threads (decode and preprocess when "
+                                                                "batching)."),
+        max_batch: int = typer.Option(8, "--max-batch", min=1,
+                                      help="Most images of concurrent uploads in one model call (1: no batching, "
+                                           "each upload alone)."),
+        batch_wait_ms: float = typer.Option(10.0, "--batch-wait-ms", min=0.0, max=10_000.0,
+                                            help="Longest wait of a queued image for batch-mates, in ms."),
+        backend: str = typer.Option("torch", "--backend", help="Inference backend: torch or onnx."),
         dicom_port: int = typer.Option(None, "--dicom-port", min=0, max=65535,
                                        help="Also listen for DICOM C-ECHO/C-STORE on this port (same --host)."),
         ae_title: str = typer.Option("CXRLAB", "--ae-title", help="This node's AE title (listener and forwarding)."),
@@ -60,7 +67,8 @@ def register(app: typer.Typer) -> None:
         settings = ServeSettings.from_env(
             classifier=classifier, screening=screening, pneumothorax=pneumothorax, db=db,
             insecure_no_auth=insecure_no_auth, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-            inference_workers=workers, dicom_port=dicom_port, dicom_host=host, ae_title=ae_title,
+            inference_workers=workers, max_batch=max_batch, batch_wait_ms=batch_wait_ms, backend=backend,
+            dicom_port=dicom_port, dicom_host=host, ae_title=ae_title,
             allow_ae=tuple(allow_ae), forward=tuple(forward), forward_stow=tuple(forward_stow), outbox=outbox,
             forward_retry_initial_s=min(1.0, forward_retry_max), forward_retry_max_s=forward_retry_max).check()
         if not logging.getLogger().handlers:

@@ -6,8 +6,9 @@ classifier's body (ResNet ``layer4``, DenseNet ``features.norm5``, EfficientNet
 seed 001 bodies), min-max normalised to ``[0, 1]`` and upsampled bilinearly to the
 input size, as seed 001 did for Fig 4.5.
 
-:func:`heatmap` is the entry point for other modules (the HTTP service): one
-preprocessed image tensor and a model in, the map and a PNG overlay out.
+:func:`heatmap` is the entry point for other modules: one preprocessed image tensor and a
+model in, the map and a PNG overlay out; :func:`heatmaps` does the same for a batch in one
+pass (the batched HTTP service).
 :func:`explain_files` runs a checkpoint over image files and writes overlays and maps.
 
 Computing a map registers hooks on the model and (for gradient methods) runs a
@@ -189,27 +190,44 @@ def compute_cam(model: torch.nn.Module, image: torch.Tensor, target: int = 0,
         ConfigError: Unknown method.
         InputError: The image is not a ``(C, H, W)`` tensor.
     """
-    if method not in CAM_METHODS:
-        raise ConfigError("--method", f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
     if not isinstance(image, torch.Tensor) or image.ndim != 3:
         raise InputError(None, f"expected one (C, H, W) image tensor, got {getattr(image, 'shape', type(image))}")
+    return compute_cams(model, image[None], [target], method)[0]
+
+
+def compute_cams(model: torch.nn.Module, images: torch.Tensor, targets: Sequence[int],
+                 method: str = "gradcam") -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """:func:`compute_cam` of a ``(N, C, H, W)`` batch, one target logit per image, in one
+    forward (and backward) pass. Each map is normalised on its own; the model must be in
+    eval mode for the maps to equal the one-image ones (batch norm).
+
+    Raises:
+        ConfigError: Unknown method.
+        InputError: Not a ``(N, C, H, W)`` tensor, or not one target per image.
+    """
+    if method not in CAM_METHODS:
+        raise ConfigError("--method", f"unknown CAM method {method!r}; choose from {', '.join(CAM_METHODS)}")
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or len(images) != len(targets):
+        raise InputError(None, f"expected a (N, C, H, W) batch and N targets, got "
+                               f"{getattr(images, 'shape', type(images))} and {len(targets)} targets")
     device = next(model.parameters()).device
-    batch = image[None].to(device=device, dtype=torch.float32).requires_grad_(True)
+    batch = images.to(device=device, dtype=torch.float32).requires_grad_(True)
     cam = CAM_METHODS[method](model=model, target_layers=[target_layer(model)],
                               reshape_transform=_reshape_transform(model))
     # Return the map on the feature grid; the bilinear upsampling is done below.
     cam.get_target_width_height = lambda tensor: None
     try:
         with torch.enable_grad():
-            raw = cam(input_tensor=batch, targets=[ClassifierOutputTarget(int(target))])[0]
-        probability = float(torch.sigmoid(cam.outputs[0, int(target)].detach().float()))
+            raws = cam(input_tensor=batch, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+        probabilities = torch.sigmoid(cam.outputs[torch.arange(len(targets)), list(map(int, targets))]
+                                      .detach().float()).tolist()
     finally:
         cam.activations_and_grads.release()
         model.zero_grad(set_to_none=True)
-    raw = np.nan_to_num(raw.astype(np.float32))
-    up = F.interpolate(torch.from_numpy(raw)[None, None], size=tuple(image.shape[-2:]), mode="bilinear",
-                       align_corners=False)[0, 0].clamp_(0.0, 1.0).numpy()
-    return raw, up, probability
+    raws = np.nan_to_num(np.asarray(raws, dtype=np.float32))
+    ups = F.interpolate(torch.from_numpy(raws)[:, None], size=tuple(images.shape[-2:]), mode="bilinear",
+                        align_corners=False)[:, 0].clamp_(0.0, 1.0).numpy()
+    return [(raw, up, float(p)) for raw, up, p in zip(raws, ups, probabilities)]
 
 
 def heatmap(model: torch.nn.Module, image: torch.Tensor, target: int | str = 0, method: str = "gradcam",
@@ -230,13 +248,30 @@ def heatmap(model: torch.nn.Module, image: torch.Tensor, target: int | str = 0, 
     """
     labels = list(labels) if labels is not None else [str(i) for i in range(_num_outputs(model))]
     index = class_index(target, labels)
-    raw, up, probability = compute_cam(model, image, index, method)
+    return _heatmap(image, index, labels[index], method, *compute_cam(model, image, index, method),
+                    display=display, alpha=alpha, boxes=boxes, with_png=with_png)
+
+
+def heatmaps(model: torch.nn.Module, images: Sequence[torch.Tensor], targets: Sequence[int | str],
+             method: str = "gradcam", labels: Sequence[str] | None = None) -> list[Heatmap]:
+    """:func:`heatmap` (with the PNG overlay) of several images in one batched CAM pass
+    (:func:`compute_cams`); the model must be in eval mode."""
+    labels = list(labels) if labels is not None else [str(i) for i in range(_num_outputs(model))]
+    indices = [class_index(target, labels) for target in targets]
+    maps = compute_cams(model, torch.stack(list(images)), indices, method)
+    return [_heatmap(image, index, labels[index], method, *parts)
+            for image, index, parts in zip(images, indices, maps)]
+
+
+def _heatmap(image: torch.Tensor, index: int, label: str, method: str, raw: np.ndarray, up: np.ndarray,
+             probability: float, display: np.ndarray | None = None, alpha: float = 0.45,
+             boxes: Sequence[tuple[float, float, float, float]] = (), with_png: bool = True) -> Heatmap:
     png = b""
     if with_png:
         picture = display if display is not None else display_image(image)
         png = png_bytes(overlay(picture, up, alpha=alpha, boxes=boxes))
     return Heatmap(map=up, raw=raw, feature_size=(int(raw.shape[0]), int(raw.shape[1])), target=index,
-                   label=labels[index], probability=probability, method=method, overlay_png=png)
+                   label=label, probability=probability, method=method, overlay_png=png)
 
 
 def _num_outputs(model: torch.nn.Module) -> int:

@@ -97,16 +97,25 @@ class ScreeningPredictor:
         return to_tensor(image, self.cfg.data.channels, self.cfg.data.normalization)
 
     @torch.inference_mode()
-    def logits(self, x: torch.Tensor) -> np.ndarray:
-        """Concatenated logits ``[D, classes]`` of one ``(C, S, S)`` input."""
+    def logits(self, batch: torch.Tensor) -> np.ndarray:
+        """Concatenated logits ``[N, D, classes]`` of a ``(N, C, S, S)`` batch of inputs."""
         k = self.cfg.model.num_classes
-        return np.concatenate([net(x[None], reconstruct=False)[0].reshape(1, -1, k).numpy()
-                               for net in self.nets], axis=1)[0]
+        n = int(batch.shape[0])
+        return np.concatenate([net(batch, reconstruct=False)[0].reshape(n, -1, k).numpy()
+                               for net in self.nets], axis=1)
 
     def predict(self, pixels: np.ndarray) -> dict[str, Any]:
         """Decision, abnormal probability, threshold, SVM score, likely diseases, risk group."""
-        logits = self.logits(self.tensor(pixels))
-        score = float(self.svm.decision_function(logits.reshape(1, -1))[0])
+        return self.predict_inputs(self.tensor(pixels)[None])[0]
+
+    def predict_inputs(self, batch: torch.Tensor) -> list[dict[str, Any]]:
+        """:meth:`predict` of a ``(N, C, S, S)`` batch of :meth:`tensor` inputs (one network call each)."""
+        logits = self.logits(batch)
+        scores = self.svm.decision_function(logits.reshape(len(logits), -1))
+        return [self._decide(row, float(score)) for row, score in zip(logits, scores)]
+
+    def _decide(self, logits: np.ndarray, score: float) -> dict[str, Any]:
+        """The result of one image from its logits ``[D, classes]`` and SVM score."""
         probs = _softmax(logits)
         p_target = probs[:, 1]
         abnormal = score >= float(self.point["threshold"])

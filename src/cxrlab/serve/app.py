@@ -2,14 +2,17 @@
 
 ``create_app(settings)`` builds a FastAPI application around one :class:`ModelSet`
 (loaded once, at creation), one :class:`~cxrlab.serve.store.Store` (SQLite worklist) and
-a thread pool that runs the models, so the event loop only moves bytes and the ``GET``
-endpoints answer while uploads are being analysed. Uploads are decoded in child processes
-(:class:`~cxrlab.serve.decode.DecodePool`), so a codec that crashes costs a 422, not the
-service.
+a thread pool that decodes uploads and runs the models, so the event loop only moves
+bytes and the ``GET`` endpoints answer while uploads are being analysed. Uploads are
+decoded in child processes (:class:`~cxrlab.serve.decode.DecodePool`), so a codec that
+crashes costs a 422, not the service. With ``max_batch`` above 1 the pool threads only
+decode and preprocess; one :class:`~cxrlab.serve.batching.Batcher` gathers the prepared
+images of concurrent uploads into one call of each model (:meth:`ModelSet.analyze_batch`).
 
 Endpoints (every one but ``GET /healthz`` needs ``Authorization: Bearer <token>``):
 
-- ``GET /healthz``: liveness and the loaded models' versions.
+- ``GET /healthz``: liveness, the loaded models' versions and the batcher's batch sizes
+  and queue waits.
 - ``POST /v1/studies`` (multipart field ``file``: DICOM, PNG or JPEG): analyse and
   store; 413 above the upload limit, 422 naming the problem for an unreadable image.
   A DICOM whose SOP Instance UID (salted hash) was stored before is decoded (a corrupt
@@ -55,10 +58,12 @@ from pydantic import BaseModel, Field
 
 from cxrlab import __version__
 from cxrlab.errors import ConfigError, InputError, UnsupportedTransferSyntaxError
+from cxrlab.io import XrayImage
 from cxrlab.io.dicom import read_dicom_header
 from cxrlab.serve import stow
+from cxrlab.serve.batching import Batcher
 from cxrlab.serve.decode import DecodePool
-from cxrlab.serve.models import Analysis, ModelSet
+from cxrlab.serve.models import Analysis, ModelSet, PreparedImage
 from cxrlab.serve.privacy import (
     RedactingFilter,
     UidHasher,
@@ -173,6 +178,9 @@ class Health(BaseModel):
     version: str
     studies: int
     models: dict[str, dict[str, Any]]
+    batching: dict[str, Any] | None = Field(
+        None, description="With --max-batch above 1: max_batch, wait_ms, batches, images, mean_batch, "
+                          "batch_sizes (size -> count), queue_wait_ms and batch_ms (p50/p99/max of recent ones).")
 
 
 class Problem(BaseModel):
@@ -227,6 +235,7 @@ class Service:
         self._store: Store | None = None
         self._pool: ThreadPoolExecutor | None = None
         self.decoder: DecodePool | None = None   # child processes that decode uploads (serve/decode.py)
+        self._batcher: Batcher[PreparedImage, Analysis] | None = None
 
     @property
     def store(self) -> Store:
@@ -240,20 +249,44 @@ class Service:
             raise RuntimeError("the service is closed (its lifespan has ended)")
         return self._pool
 
+    @property
+    def batcher(self) -> Batcher[PreparedImage, Analysis] | None:
+        """The batcher of the models (None without batching or while closed)."""
+        return self._batcher
+
     def open(self) -> Service:
-        """Open the worklist, start the inference pool, empty the spool folder."""
+        """Open the worklist, start the inference pool (and batcher), empty the spool folder."""
         if self._store is None:
             self._store = Store(self.settings.db, self.settings.artifact_dir)
             shutil.rmtree(self.spool, ignore_errors=True)
             self.spool.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.settings.inference_workers,
+            self._pool = ThreadPoolExecutor(max_workers=self.settings.pool_threads,
                                             thread_name_prefix="cxrlab-infer")
         if self.decoder is None:
             self.decoder = DecodePool(self.settings.decode_workers, max_pixels=self.settings.max_pixels,
                                       memory_mb=self.settings.decode_memory_mb,
                                       timeout_s=self.settings.decode_timeout_s)
+        if self._batcher is None and self.settings.batching:
+            self._batcher = Batcher(self.models.analyze_batch, self.settings.max_batch,
+                                    self.settings.batch_wait_ms / 1000.0, name="cxrlab-batcher")
         return self
+
+    def analyze(self, path: Path, image: XrayImage | None = None) -> Analysis:
+        """Run the models on one file (in a pool thread): alone, or preprocessed here and
+        batched with concurrent uploads.
+
+        Args:
+            path: The upload.
+            image: The file already decoded (by the :class:`DecodePool`), or None to decode here.
+
+        Raises:
+            InputError: Not a readable image.
+        """
+        batcher = self._batcher
+        if batcher is None:
+            return self.models.analyze(path, image)
+        return batcher(self.models.prepare(path, image))
 
     def process(self, path: Path) -> tuple[StudyRecord, bool]:
         """Analyse and store one upload (runs in the pool); returns ``(record, repeat)``.
@@ -276,7 +309,7 @@ class Service:
             existing = self.store.find_sop(sop_hash)
             if existing is not None:
                 return existing, True
-        analysis = self.models.analyze(path, image=image)
+        analysis = self.analyze(path, image)
         original = copy.deepcopy(ds) if self.dicom is not None and ds is not None else None
         header = safe_header(ds, self.hasher) if ds is not None else None      # de-identifies ds in place
         rank, group, score = analysis.priority(self.settings.critical_findings)
@@ -300,10 +333,13 @@ class Service:
 
     def close(self) -> None:
         """Finish the running analyses, close the worklist, remove the spool folder."""
-        pool, store, decoder = self._pool, self._store, self.decoder
+        pool, store, decoder, batcher = self._pool, self._store, self.decoder, self._batcher
         self._pool = self._store = self.decoder = None
         if pool is not None:
-            pool.shutdown(wait=True)
+            pool.shutdown(wait=True)       # the batcher answers the analyses still waiting
+        self._batcher = None
+        if batcher is not None:
+            batcher.close()
         if decoder is not None:
             decoder.close()
         if store is not None:
@@ -484,8 +520,9 @@ def create_app(settings: ServeSettings, models: ModelSet | None = None) -> FastA
     @app.get("/healthz", response_model=Health, tags=["service"])
     def healthz() -> dict[str, Any]:
         """Liveness (no authentication): the loaded models and the number of stored studies."""
+        batcher = service.batcher
         return {"status": "ok", "version": __version__, "studies": service.store.count(),
-                "models": service.models.versions()}
+                "models": service.models.versions(), "batching": None if batcher is None else batcher.stats()}
 
     @app.post("/v1/studies", response_model=StudyResult, responses=_UPLOAD_ERRORS, tags=["studies"])
     async def upload_study(file: UploadFile = File(..., description="DICOM, PNG or JPEG radiograph")

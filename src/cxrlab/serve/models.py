@@ -8,19 +8,23 @@ the same code ``cxrlab predict``, ``seg predict`` and ``screen predict`` run.
 
 :meth:`ModelSet.analyze` decodes one file, preprocesses it for each model, runs the
 models (one at a time: Grad-CAM hooks the classifier, so the networks are not shared
-between threads) and returns an :class:`Analysis`.
+between threads) and returns an :class:`Analysis`. It is the two stages the batched
+service (:mod:`cxrlab.serve.batching`) runs apart: :meth:`ModelSet.prepare` (decode and
+preprocess one file, in any thread) and :meth:`ModelSet.analyze_batch` (one model call
+per network for many prepared images, then each image's results).
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from cxrlab.errors import ConfigError, InputError
 from cxrlab.inference.classifier import ClassifierPredictor
@@ -126,8 +130,10 @@ class ModelSet:
     @classmethod
     def from_settings(cls, settings: Any) -> ModelSet:
         """Load the models a :class:`~cxrlab.serve.settings.ServeSettings` names."""
+        # the backend parameter of ModelSet comes with the inference layer's ONNX backends (issue 18 part A)
+        backend = {"backend": settings.backend} if settings.backend != "torch" else {}
         return cls(settings.classifier, settings.screening, settings.pneumothorax,
-                   cam_method=settings.cam_method, max_pixels=settings.max_pixels)
+                   cam_method=settings.cam_method, max_pixels=settings.max_pixels, **backend)
 
     def versions(self) -> dict[str, dict[str, Any]]:
         """Role -> ``{kind, name, version, ...}`` of every loaded model."""
@@ -137,6 +143,56 @@ class ModelSet:
         if self.pneumothorax is not None:
             out["pneumothorax"] = self.pneumothorax.info.to_dict()
         return out
+
+    def prepare(self, path: str | Path, image: XrayImage | None = None) -> PreparedImage:
+        """Decode one DICOM/PNG/JPEG file (unless already decoded) and preprocess it for
+        every model (thread-safe).
+
+        Args:
+            path: The file.
+            image: The file already decoded (by :class:`cxrlab.serve.decode.DecodePool`),
+                or None to decode it here.
+
+        Raises:
+            InputError: The file is not a readable image (subclasses say why).
+        """
+        from cxrlab.io import read_image
+
+        if image is None:
+            image = read_image(path, max_pixels=self.max_pixels)
+        pixels = image.pixels
+        if pixels.ndim != 2:
+            raise InputError(path, f"expected a 2-D radiograph, got pixels of shape {pixels.shape}")
+        return PreparedImage(path=Path(path), pixels=pixels, meta=image.meta,
+                             classifier_input=self.classifier.tensor(pixels),
+                             screening_input=self.screening.tensor(pixels) if self.screening is not None else None)
+
+    def analyze_batch(self, items: Sequence[PreparedImage]) -> list[Analysis]:
+        """Run every model on prepared images, one batched call per network; results in order.
+
+        The classifier's probabilities (:meth:`ClassifierPredictor.probabilities`, whatever
+        its backend), the Grad-CAM heatmaps (one forward and backward pass of the torch
+        classifier for the batch, each image's own target), the screening networks and the
+        pneumothorax cascade each see the whole batch at once. Calls are serialised
+        (Grad-CAM hooks the classifier).
+        """
+        from cxrlab.explain.cam import heatmaps
+
+        if not items:
+            return []
+        with self._lock:
+            probabilities = self.classifier.probabilities(torch.stack([item.classifier_input for item in items]))
+            findings = [self.classifier.findings(p) for p in probabilities]
+            cams = heatmaps(self.classifier.model, [item.classifier_input for item in items],
+                            [_cam_target(found) for found in findings], self.cam_method, self.classifier.labels)
+            screening: list[dict[str, Any] | None] = [None] * len(items)
+            if self.screening is not None:
+                screening = list(self.screening.predict_inputs(
+                    torch.stack([item.screening_input for item in items])))  # type: ignore[misc]
+            ptx: list[tuple[np.ndarray, float, float | None] | None] = [None] * len(items)
+            if self.pneumothorax is not None:
+                ptx = list(self.pneumothorax.predict_batch([item.pixels for item in items]))
+        return [_analysis(*parts) for parts in zip(items, findings, cams, screening, ptx)]
 
     def analyze(self, path: str | Path, image: XrayImage | None = None) -> Analysis:
         """Decode one DICOM/PNG/JPEG file and run every model on it.
@@ -149,39 +205,50 @@ class ModelSet:
         Raises:
             InputError: The file is not a readable image (subclasses say why).
         """
-        from cxrlab.explain.cam import heatmap
-        from cxrlab.io import read_image
-        from cxrlab.io.rle import rle_encode
+        return self.analyze_batch([self.prepare(path, image)])[0]
 
-        if image is None:
-            image = read_image(path, max_pixels=self.max_pixels)
-        pixels = image.pixels
-        if pixels.ndim != 2:
-            raise InputError(path, f"expected a 2-D radiograph, got pixels of shape {pixels.shape}")
-        x = self.classifier.tensor(pixels)
-        with self._lock:
-            findings = self.classifier.findings(self.classifier.probabilities(x[None])[0])
-            target = _cam_target(findings)
-            cam = heatmap(self.classifier.model, x, target, self.cam_method, self.classifier.labels)
-            screening = self.screening.predict(pixels) if self.screening is not None else None
-            ptx = self.pneumothorax.predict(pixels) if self.pneumothorax is not None else None
-        pneumothorax, mask_png = None, None
-        if ptx is not None:
-            mask, probability = ptx
-            pneumothorax = {"present": bool(mask.any()), "probability": probability,
-                            "area_fraction": float(mask.mean()), "rle": rle_encode(mask),
-                            "width": int(mask.shape[1]), "height": int(mask.shape[0])}
-            mask_png = png_bytes(mask.astype(np.uint8) * 255)
-        meta = image.meta
-        return Analysis(
-            image={"format": meta.format, "rows": int(meta.shape[0]), "cols": int(meta.shape[1]),
-                   "photometric": meta.photometric, "view_position": meta.view_position,
-                   "bits_stored": meta.bits_stored},
-            findings=findings,
-            heatmap={"label": cam.label, "probability": float(cam.probability), "method": cam.method,
-                     "size": [int(x.shape[-2]), int(x.shape[-1])]},
-            heatmap_png=cam.overlay_png, screening=screening, pneumothorax=pneumothorax, mask_png=mask_png,
-            sop_instance_uid=meta.sop_instance_uid, study_instance_uid=meta.study_id)
+
+@dataclass
+class PreparedImage:
+    """One decoded radiograph and each model's input (:meth:`ModelSet.prepare`).
+
+    Attributes:
+        path: The file it was read from.
+        pixels: The decoded 2-D pixels (the pneumothorax cascade preprocesses them itself).
+        meta: The image's metadata (:class:`cxrlab.io.ImageMeta`).
+        classifier_input: The classifier's ``(C, S, S)`` input.
+        screening_input: The screening networks' ``(C, S, S)`` input, or None without screening.
+    """
+
+    path: Path
+    pixels: np.ndarray = field(repr=False)
+    meta: Any = field(repr=False)
+    classifier_input: torch.Tensor = field(repr=False)
+    screening_input: torch.Tensor | None = field(default=None, repr=False)
+
+
+def _analysis(item: PreparedImage, findings: list[dict[str, Any]], cam: Any, screening: dict[str, Any] | None,
+              ptx: tuple[np.ndarray, float, float | None] | None) -> Analysis:
+    """One image's :class:`Analysis` from its models' outputs."""
+    from cxrlab.io.rle import rle_encode
+
+    pneumothorax, mask_png = None, None
+    if ptx is not None:
+        mask, probability, _ = ptx
+        pneumothorax = {"present": bool(mask.any()), "probability": probability,
+                        "area_fraction": float(mask.mean()), "rle": rle_encode(mask),
+                        "width": int(mask.shape[1]), "height": int(mask.shape[0])}
+        mask_png = png_bytes(mask.astype(np.uint8) * 255)
+    meta, x = item.meta, item.classifier_input
+    return Analysis(
+        image={"format": meta.format, "rows": int(meta.shape[0]), "cols": int(meta.shape[1]),
+               "photometric": meta.photometric, "view_position": meta.view_position,
+               "bits_stored": meta.bits_stored},
+        findings=findings,
+        heatmap={"label": cam.label, "probability": float(cam.probability), "method": cam.method,
+                 "size": [int(x.shape[-2]), int(x.shape[-1])]},
+        heatmap_png=cam.overlay_png, screening=screening, pneumothorax=pneumothorax, mask_png=mask_png,
+        sop_instance_uid=meta.sop_instance_uid, study_instance_uid=meta.study_id)
 
 
 def _cam_target(findings: list[dict[str, Any]]) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from cxrlab.config.base import look_up_option
 from cxrlab.errors import ConfigError
 from cxrlab.io import DEFAULT_MAX_PIXELS
 from cxrlab.serve.destinations import STOW_TOKEN_ENV, Destination, check_ae_title, parse_destinations
@@ -20,6 +21,8 @@ from cxrlab.serve.destinations import STOW_TOKEN_ENV, Destination, check_ae_titl
 TOKEN_ENV = "CXRLAB_API_TOKEN"
 SALT_ENV = "CXRLAB_UID_SALT"
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+BACKENDS: tuple[str, ...] = ("torch", "onnx")
+"""Inference backends of :mod:`cxrlab.inference.backends` the service can run."""
 DEFAULT_CRITICAL_FINDINGS: tuple[str, ...] = ("Pneumothorax",)
 """Classifier labels whose positive decision puts a study at the top of the worklist."""
 
@@ -38,7 +41,13 @@ class ServeSettings:
         api_token: The bearer token every endpoint but ``GET /healthz`` requires.
         insecure_no_auth: Serve without authentication (local use only).
         max_upload_bytes: Largest accepted request body of an upload (413 above).
-        inference_workers: Threads that decode and run the models (the event loop never does).
+        inference_workers: Threads that decode and run the models (the event loop never does);
+            with batching they decode and preprocess, and ``max_batch`` more threads wait
+            for batch results.
+        max_batch: Most images gathered from concurrent requests into one model call
+            (:mod:`cxrlab.serve.batching`); 1 runs each upload alone (no batcher).
+        batch_wait_ms: Longest wait of the oldest queued image for batch-mates.
+        backend: Inference backend of the models: ``torch`` or ``onnx``.
         cam_method: Grad-CAM variant of :mod:`cxrlab.explain.cam` for the heatmap.
         critical_findings: Classifier labels treated as critical (case-insensitive).
         uid_salt: Secret salt of the UID hashes; default: a random key kept in
@@ -75,6 +84,9 @@ class ServeSettings:
     insecure_no_auth: bool = False
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     inference_workers: int = 2
+    max_batch: int = 1
+    batch_wait_ms: float = 10.0
+    backend: str = "torch"
     cam_method: str = "gradcam"
     critical_findings: tuple[str, ...] = DEFAULT_CRITICAL_FINDINGS
     uid_salt: bytes | None = field(default=None, repr=False)
@@ -119,6 +131,16 @@ class ServeSettings:
         return self.dicom_port is not None or bool(self.forward) or bool(self.forward_stow)
 
     @property
+    def batching(self) -> bool:
+        """True when concurrent uploads share model calls (``max_batch`` above 1)."""
+        return self.max_batch > 1
+
+    @property
+    def pool_threads(self) -> int:
+        """Threads of the worker pool: the decoders, plus one waiter per batch slot when batching."""
+        return self.inference_workers + (self.max_batch if self.batching else 0)
+
+    @property
     def auth_required(self) -> bool:
         return not self.insecure_no_auth
 
@@ -138,6 +160,11 @@ class ServeSettings:
             raise ConfigError("max_upload_bytes", f"must be positive, got {self.max_upload_bytes}")
         if self.inference_workers < 1:
             raise ConfigError("inference_workers", f"must be at least 1, got {self.inference_workers}")
+        if self.max_batch < 1:
+            raise ConfigError("--max-batch", f"must be at least 1, got {self.max_batch}")
+        if not 0 <= self.batch_wait_ms <= 10_000:
+            raise ConfigError("--batch-wait-ms", f"must be 0-10000 ms, got {self.batch_wait_ms}")
+        look_up_option(self.backend, BACKENDS, "--backend")
         if self.max_pixels < 1:
             raise ConfigError("max_pixels", f"must be positive, got {self.max_pixels}")
         if self.decode_workers < 0 or self.decode_memory_mb < 1 or self.decode_timeout_s <= 0:
