@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrlab.cli.main import app
-from cxrlab.tasks.mrnet.recipe import load_mrnet_config
+from cxrlab.config.mrnet import load_mrnet_config
 from cxrlab.tasks.mrnet.train import train
 
 # The mechanics of a run (two short epochs of AlexNet from scratch). No acceptance bar on the AUROC:
@@ -95,7 +95,7 @@ def test_stats_cli_json(run):
 
 def test_cam_of_the_top_slice(run):
     from cxrlab.data.datasets.mrnet import read_exam
-    from cxrlab.tasks.mrnet.predict import MRNetPredictor
+    from cxrlab.inference.mrnet import MRNetPredictor
 
     predictor = MRNetPredictor.from_run_dir(run)
     _, volumes = read_exam("0000", run.parent / "phantoms")
