@@ -62,7 +62,7 @@ def evaluate_cmd(
     run_dir: Path = typer.Argument(..., help="A run folder made by `cxrlab mrnet train`."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json instead of the table."),
 ) -> None:
-    """Predict the held-out exams again and score them (table.md, metrics.json, curves/)."""
+    """Predict the held-out exams again and score them (table.md, metrics.json, curves/, top-slice CAMs in cams/)."""
     from cxrlab.tasks.mrnet.evaluate import evaluate_run
 
     metrics = evaluate_run(run_dir)
