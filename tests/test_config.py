@@ -80,7 +80,7 @@ def test_every_other_shipped_recipe_loads_with_its_own_loader(path, tmp_path):
         save_brats_config(cfg, tmp_path / "config.yaml")
         assert load_brats_config(tmp_path / "config.yaml") == cfg
     elif kind == "mrnet":
-        from cxrlab.tasks.mrnet.recipe import load_mrnet_config
+        from cxrlab.config.mrnet import load_mrnet_config
         assert load_mrnet_config(path).name
     else:
         from cxrlab.config.screening import load_screening_config, save_screening_config

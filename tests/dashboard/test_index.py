@@ -153,7 +153,7 @@ def test_mlflow_artifact_copies_are_not_listed_twice(tmp_path):
 
 
 def test_runs_of_kinds_without_a_page_are_left_out(tmp_path):
-    """A BraTS or MRNet run (run.json) is not mistaken for a classification run."""
+    """A BraTS run (run.json) is not mistaken for a classification run (MRNet runs: test_mrnet.py)."""
     from cxrlab.dashboard.index import open_index
     from cxrlab.runs.rundir import claim_run_directory
 

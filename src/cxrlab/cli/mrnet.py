@@ -46,7 +46,7 @@ def train_cmd(
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Lightning progress bars."),
 ) -> None:
     """Train the task x plane networks, fit the logistic regressions, evaluate on the held-out split."""
-    from cxrlab.tasks.mrnet.recipe import load_mrnet_config
+    from cxrlab.config.mrnet import load_mrnet_config
     from cxrlab.tasks.mrnet.train import train
 
     quiet_lightning()
@@ -62,7 +62,7 @@ def evaluate_cmd(
     run_dir: Path = typer.Argument(..., help="A run folder made by `cxrlab mrnet train`."),
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json instead of the table."),
 ) -> None:
-    """Predict the held-out exams again and score them (table.md, metrics.json, curves/)."""
+    """Predict the held-out exams again and score them (table.md, metrics.json, curves/, top-slice CAMs in cams/)."""
     from cxrlab.tasks.mrnet.evaluate import evaluate_run
 
     metrics = evaluate_run(run_dir)
@@ -84,7 +84,7 @@ def predict_cmd(
     import pandas as pd
 
     from cxrlab.data.datasets.mrnet import read_exam
-    from cxrlab.tasks.mrnet.predict import MRNetPredictor
+    from cxrlab.inference.mrnet import MRNetPredictor
     from cxrlab.utils import atomic_write
 
     predictor = MRNetPredictor.from_run_dir(run_dir)

@@ -43,6 +43,10 @@ def _ci_text(auroc: float | None, low: float | None, high: float | None) -> str:
     return f"{auroc:.3f} ({low:.3f}–{high:.3f})"
 
 
+AUROC_KINDS = ("classification", "mrnet")
+"""Run kinds with per-task AUROCs on the Runs and Compare pages (MRNet: the combined model per task)."""
+
+
 def runs_frame(records: Iterable[RunRecord], split: str = "test") -> pd.DataFrame:
     """One row per run directory (every kind, unreadable ones included) for the Runs page."""
     rows = []
@@ -65,7 +69,7 @@ def auroc_frame(records: Iterable[RunRecord], split: str = "test") -> pd.DataFra
     """
     rows = []
     for r in records:
-        if r.kind != "classification" or not r.aurocs:
+        if r.kind not in AUROC_KINDS or not r.aurocs:
             continue
         used = split if split in r.aurocs else next(s for s in SPLITS if s in r.aurocs)
         for task, score in r.aurocs[used].items():
@@ -104,10 +108,77 @@ def load_predictions(record: RunRecord, split: str) -> pd.DataFrame:
     path = record.path / f"predictions_{split}.csv"
     if not path.is_file():
         raise MissingFileError(path, f"run {record.name} has no {split} predictions")
+    if record.kind == "mrnet":
+        return mrnet_predictions(path, record.tasks)
     frame = pd.read_csv(path, dtype={"study_id": str})
     if "study_id" not in frame.columns:
         raise CSVFormatError(path, f"no study_id column; found {list(frame.columns)}")
     return frame
+
+
+def mrnet_predictions(path: Path, tasks: Sequence[str]) -> pd.DataFrame:
+    """An MRNet run's ``predictions_<split>.csv`` (``id``, ``<task>``, ``<task>_combined``) in the
+    classification shape the Compare page reads (``study_id``, ``label_<task>``, ``prob_<task>``).
+
+    Raises:
+        CSVFormatError: A column is missing.
+    """
+    frame = pd.read_csv(path, dtype={"id": str})
+    missing = [c for c in ["id", *tasks, *(f"{t}_combined" for t in tasks)] if c not in frame.columns]
+    if missing:
+        raise CSVFormatError(path, f"MRNet predictions lack the column(s) {missing}")
+    out = pd.DataFrame({"study_id": frame["id"]})
+    for task in tasks:
+        out[f"label_{task}"] = frame[task]
+        out[f"prob_{task}"] = frame[f"{task}_combined"]
+    return out
+
+
+def mrnet_exam(record: RunRecord, exam_id: str) -> dict[str, np.ndarray]:
+    """An exam of an MRNet run's data (``data.root`` in its ``config.yaml``): plane -> uint8-range
+    ``(slices, H, W)`` array.
+
+    Raises:
+        MissingFileError: The run's recipe names no MRNet-v1.0 folder.
+        ExamError, VolumeError: The exam cannot be read.
+    """
+    import yaml
+
+    from cxrlab.data.datasets.mrnet import read_exam
+
+    cfg = yaml.safe_load((record.path / "config.yaml").read_text(encoding="utf-8")) or {}
+    root = (cfg.get("data") or {}).get("root")
+    if not root:
+        raise MissingFileError(record.path / "config.yaml", "the run names no data.root (MRNet-v1.0 folder)")
+    _, volumes = read_exam(exam_id, root)
+    return {plane: volume.array for plane, volume in volumes.items()}
+
+
+def mrnet_cams(record: RunRecord, exam_id: str, task: str) -> dict[str, dict[str, Any]]:
+    """The top-slice CAMs ``cams/<exam>_<task>_<plane>.npz`` an MRNet run wrote for an exam:
+    plane -> ``{"slice": int, "map": (h, w) float in [0, 1], "probability": float}``."""
+    out = {}
+    for path in sorted((record.path / "cams").glob(f"{exam_id}_{task}_*.npz")):
+        with np.load(path) as npz:
+            out[path.stem.rsplit("_", 1)[1]] = {"slice": int(npz["slice"]), "map": npz["map"].astype(np.float32),
+                                                "probability": float(npz["probability"])}
+    return out
+
+
+def cam_overlay(image: np.ndarray, cam: np.ndarray | None, alpha: float = 0.45) -> np.ndarray:
+    """A grey slice (any range) as uint8 RGB, with a CAM (any size, [0, 1]) blended in red-yellow."""
+    from PIL import Image
+
+    low, high = float(image.min()), float(image.max())
+    grey = (255.0 * (image - low) / (high - low)) if high > low else np.zeros(image.shape)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    if cam is not None:
+        resized = np.asarray(Image.fromarray(cam.astype(np.float32), mode="F").resize(
+            (image.shape[1], image.shape[0]), Image.BILINEAR))
+        heat = np.stack([np.full_like(resized, 255.0), 255.0 * resized, np.zeros_like(resized)], axis=-1)
+        weight = alpha * resized[..., None]
+        rgb = (1.0 - weight) * rgb + weight * heat
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
 
 def load_curves(record: RunRecord, split: str) -> dict[str, dict[str, Any]]:

@@ -22,6 +22,8 @@ Kinds (:data:`KINDS`), by the files that mark them:
 * ``explanation`` — ``cxrlab explain`` output (``explanations.csv``);
 * ``localization`` — ``cxrlab explain localize`` output (``localization_summary.csv``);
 * ``seg_predictions`` — ``cxrlab seg predict`` output (``predictions.csv`` + ``masks/``);
+* ``mrnet`` — a knee-MRI MRNet run (declared in ``run.json``); its AUROCs are the combined
+  (logistic-regression) model's per task on the held-out ``valid`` exams;
 * ``classification`` — anything else with ``config.yaml`` or ``status.json``.
 
 Nothing here raises on a bad run directory: a file that cannot be read or parsed makes
@@ -51,7 +53,7 @@ from cxrlab.runs.rundir import RunDir, read_run_json
 log = logging.getLogger(__name__)
 
 KINDS = ("classification", "study", "segmentation", "segmentation_cv", "screening", "explanation",
-         "localization", "seg_predictions")
+         "localization", "seg_predictions", "mrnet")
 SPLITS = ("valid", "test")
 CACHE_VERSION = 1
 """Version of the on-disk index format (a mismatch discards the saved copy)."""
@@ -298,15 +300,40 @@ def _read_seg_predictions(record: RunRecord, files: set[str]) -> None:
     record.tasks = ("Pneumothorax",)
 
 
+def _read_mrnet(record: RunRecord, files: set[str]) -> None:
+    cfg = _read_config(record, files, ("model", "arch"))
+    if cfg:
+        record.tasks = tuple(str(t) for t in cfg.get("tasks") or ())
+        record.dataset = "mrnet" if (cfg.get("phantoms") is None) else "mrnet (SYNTHETIC phantoms)"
+        record.loss = "bce (class-weighted)" if (cfg.get("train") or {}).get("weighted_loss", True) else "bce"
+    if not _has_results(record, files, "metrics.json"):
+        return
+    metrics = _json(record.path / "metrics.json")
+    split = str(metrics.get("split", "valid"))
+    scores: dict[str, dict[str, float | None]] = {}
+    for task, models in (metrics.get("tasks") or {}).items():
+        for model, rep in (models or {}).items():
+            entry = {"auroc": _float(rep.get("auroc")), "ci_low": _float(rep.get("auroc_ci_low")),
+                     "ci_high": _float(rep.get("auroc_ci_high")), "n": _float(rep.get("n")),
+                     "n_positive": _float(rep.get("positives"))}
+            if model == "combined":
+                scores[str(task)] = entry
+            record.info.setdefault("models", {}).setdefault(str(task), {})[str(model)] = {
+                **entry, **{k: _float(rep.get(k)) for k in ("sensitivity", "specificity", "accuracy")}}
+    record.aurocs[split] = scores
+    known = [v["auroc"] for v in scores.values() if v["auroc"] is not None]
+    record.mean_auroc[split] = sum(known) / len(known) if known else None
+
+
 READERS = {"classification": _read_classification, "study": _read_study, "segmentation": _read_segmentation,
            "segmentation_cv": _read_segmentation_cv, "screening": _read_screening,
            "explanation": _read_explanation, "localization": _read_explanation,
-           "seg_predictions": _read_seg_predictions}
+           "seg_predictions": _read_seg_predictions, "mrnet": _read_mrnet}
 
 
 def _declared_kind(path: Path, files: set[str]) -> str | None:
     """The kind ``run.json`` declares (runs since format 1): one of :data:`KINDS`, ``"other"`` for a
-    run kind the dashboard has no page for yet (MRNet, BraTS), or None without a ``run.json``."""
+    run kind the dashboard has no page for yet (BraTS), or None without a ``run.json``."""
     if RunDir.RUN not in files:
         return None
     kind = read_run_json(path).get("kind")

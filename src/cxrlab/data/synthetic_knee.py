@@ -124,8 +124,9 @@ def knee_labels(rng: np.random.Generator, grid: int, findings: Sequence[str] = (
     meniscus_masks = []
     for s in (-1, 1):
         d = np.hypot(x - s * 0.22, y)
-        wedge = np.clip((d - 0.1) / 0.12, 0.0, 1.0) * 0.055
-        mask = (d > 0.1) & (d < 0.24) & (np.abs(z - joint) < wedge) & (np.abs(z - joint) < 0.06)
+        height = max(0.055, 1.6 / (grid - 1))                 # >= ~2 voxels tall at the periphery
+        wedge = np.clip((d - 0.1) / 0.12, 0.0, 1.0) * height
+        mask = (d > 0.1) & (d < 0.24) & (np.abs(z - joint) < wedge) & (np.abs(z - joint) < height + 0.005)
         labels[mask] = MENISCUS
         meniscus_masks.append((mask, d))
 
@@ -141,18 +142,25 @@ def knee_labels(rng: np.random.Generator, grid: int, findings: Sequence[str] = (
     # cruciate ligaments in the notch
     acl_a = np.array([0.07, -0.12, joint + 0.22])             # femur, posterior-lateral
     acl_b = np.array([-0.02, 0.14, joint - 0.08])             # tibia, anterior
+    voxel = 2.0 / (grid - 1)
     acl_d, acl_t = _segment_distance(points, acl_a, acl_b)
-    acl = acl_d < 0.055
+    acl = acl_d < max(0.055, 1.5 * voxel)                     # at least ~3 voxels across on small grids
     pcl_d, _ = _segment_distance(points, np.array([-0.07, 0.06, joint + 0.2]), np.array([0.0, -0.22, joint - 0.12]))
-    labels[pcl_d < 0.06] = LIGAMENT
+    labels[pcl_d < max(0.06, 1.5 * voxel)] = LIGAMENT
     labels[acl] = LIGAMENT
     if "acl" in findings:
+        # the torn ligament's fibres are gone over a mid segment and the notch around the stumps fills
+        # with fluid and oedema (a bright blob on T2/PD, wider than the ligament: at 48 px it spans more
+        # than one sagittal slice spacing, so every sagittal series of >= 8 slices shows it)
         start = 0.35 + j(0.05)
-        labels[acl & (acl_t > start) & (acl_t < start + 0.3)] = FLUID
+        segment = acl & (acl_t > start) & (acl_t < start + 0.3)
+        centre = acl_a + (start + 0.15) * (acl_b - acl_a)
+        oedema = (np.linalg.norm(points - centre, axis=-1) < 0.16 + j(0.01)) & np.isin(labels, (SOFT, LIGAMENT, CARTILAGE))
+        labels[segment | oedema] = FLUID
     if "meniscus" in findings:
         mask, d = meniscus_masks[int(rng.integers(2))]
-        tear = mask & (y < 0.0) & (np.abs(z - joint - 0.5 * (d - 0.17) * 0.3) < 1.0 / grid)
-        labels[tear] = FLUID
+        line = np.abs(z - joint - 0.5 * (d - 0.17) * 0.3) < max(1.0 / grid, 0.6 * voxel)
+        labels[mask & (y < 0.0) & line] = FLUID
     return labels
 
 

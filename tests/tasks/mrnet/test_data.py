@@ -122,3 +122,41 @@ def test_dicom_exam_and_generic_csv(phantoms, tmp_path):
     assert ds.ids == ["knee1", "k2"] and ds.skips.count == 1
     assert ds.labels[0, 1] == 1.0 and math.isnan(ds.labels[1, 1]) and math.isnan(ds.labels[0, 0])
     assert ds.volumes(0)["sagittal"].num_slices == arrays["sagittal"].shape[0]
+
+
+def test_acl_tear_shows_in_every_sagittal_series_at_the_demo_size():
+    """At 48 px the torn ligament's fluid spans more than a sagittal slice spacing of 8 slices."""
+    from cxrlab.data.synthetic_knee import _AXIS
+
+    positions = np.round(np.linspace(0.1, 0.9, 8) * 47).astype(int)
+    for seed in range(5):
+        changed = knee_labels(np.random.default_rng(seed), 48, ("acl",)) != knee_labels(
+            np.random.default_rng(seed), 48, ())
+        assert max(int(np.take(changed, p, axis=_AXIS["sagittal"]).sum()) for p in positions) >= 10, seed
+
+
+def test_tune_split_is_stratified_per_task():
+    from cxrlab.tasks.mrnet.data import stratified_tune_split
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((60, 3))
+    labels[:, 1] = rng.random(60) < 0.4
+    labels[:, 2] = rng.random(60) < 0.4
+    labels[:, 0] = (labels[:, 1] + labels[:, 2] + (rng.random(60) < 0.3)) > 0
+    labels[:3, 0] = 0                       # only a few normal exams (as in the demo phantoms)
+    labels[3:, 0] = 1
+    labels[5, 2] = np.nan                   # an unknown label joins its own group
+    for seed in range(5):
+        tune, fit = stratified_tune_split(labels, 0.2, seed)
+        assert not set(tune) & set(fit) and sorted(tune + fit) == list(range(60))
+        assert 10 <= len(tune) <= 14
+        for k in range(3):
+            assert set(labels[tune, k][~np.isnan(labels[tune, k])]) == {0.0, 1.0}, (seed, k)
+            assert set(labels[fit, k][~np.isnan(labels[fit, k])]) == {0.0, 1.0}, (seed, k)
+    assert stratified_tune_split(labels, 0.2, 1) == stratified_tune_split(labels, 0.2, 1)
+    one_normal = labels.copy()
+    one_normal[:3, 0] = [0, 1, 1]
+    with pytest.raises(ConfigError, match="abnormal=0: too few"):
+        stratified_tune_split(one_normal, 0.2, 0)
+    with pytest.raises(ConfigError, match="no tune"):
+        stratified_tune_split(labels, 0.001, 0)

@@ -21,12 +21,13 @@ REFRESH_SECONDS = 3.0
 
 PAGES: dict[str, dict[str, Any]] = {
     "runs": {"title": "Runs", "file": "runs.py", "kinds": None},
-    "compare": {"title": "Compare", "file": "compare.py", "kinds": ("classification",)},
+    "compare": {"title": "Compare", "file": "compare.py", "kinds": ("classification", "mrnet")},
     "scaling": {"title": "Scaling study", "file": "scaling.py", "kinds": ("study",)},
     "explain": {"title": "Explain", "file": "explain.py", "kinds": ("explanation", "localization")},
     "segmentation": {"title": "Segmentation", "file": "segmentation.py",
                      "kinds": ("segmentation", "segmentation_cv", "seg_predictions")},
     "screening": {"title": "Screening", "file": "screening.py", "kinds": ("screening",)},
+    "mrnet": {"title": "Knee MRI (MRNet)", "file": "mrnet.py", "kinds": ("mrnet",)},
     "image": {"title": "Image", "file": "image.py", "kinds": None},
 }
 

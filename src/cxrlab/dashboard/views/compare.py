@@ -11,10 +11,10 @@ MAX_DEFAULT = 4
 
 st.title("Compare runs")
 index = run_index()
-candidates = [r for r in index.of_kind("classification") if r.readable and r.aurocs]
+candidates = [r for r in index.of_kind(*data.AUROC_KINDS) if r.readable and r.aurocs]
 names = [r.name for r in candidates]
 if not names:
-    st.info("No finished classification run under this run root.")
+    st.info("No finished classification or MRNet run under this run root.")
     st.stop()
 stored = [n for n in st.session_state.get("selected_runs", []) if n in names]
 if not stored:
@@ -31,7 +31,8 @@ if not chosen:
 by_name = {r.name: r for r in candidates}
 runs = [by_name[n] for n in chosen]
 cols = st.columns(3)
-split = cols[0].radio("Split", ["test", "valid"], horizontal=True, key="compare_split")
+split = cols[0].radio("Split", ["test", "valid"], horizontal=True, key="compare_split",
+                      index=0 if any("test" in r.aurocs for r in runs) else 1)    # MRNet: valid is held out
 runs = [r for r in runs if split in r.aurocs]
 if not runs:
     st.info(f"None of the chosen runs has {split} scores.")

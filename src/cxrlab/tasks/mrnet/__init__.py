@@ -1,8 +1,9 @@
 """MRNet (Bien et al. 2018): knee MRI, three tasks x three planes, a logistic regression per task.
 
-Modules: :mod:`.recipe` (the YAML recipe), :mod:`.data` (exams -> slice tensors),
-:mod:`.train` (the Lightning module and the 9-network grid), :mod:`.predict` (the predictor a
-run folder opens), :mod:`.evaluate` (metrics, table, ROC curves), :mod:`.demo`.
+Modules: :mod:`.data` (exams -> slice tensors, the stratified tune hold-out), :mod:`.train`
+(the Lightning module and the 9-network grid), :mod:`.evaluate` (metrics, table, ROC curves,
+CAMs of the top slices), :mod:`.demo`. The recipe is :mod:`cxrlab.config.mrnet`, the predictor
+a run folder opens :mod:`cxrlab.inference.mrnet`.
 
 A run folder::
 
@@ -12,4 +13,5 @@ A run folder::
     RUN/predictions_{train,tune,valid}.csv   per exam: labels and every network's probability
     RUN/combine.json     per task: the logistic regression over the planes and the threshold
     RUN/metrics.json table.md curves/roc_<task>_<model>.csv
+    RUN/cams/<exam>_<task>_<plane>.npz   the top slice and its CAM for a few held-out exams
 """

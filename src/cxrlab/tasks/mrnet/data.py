@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrlab.config.mrnet import MRNetConfig
 from cxrlab.data.datasets.mrnet import TASKS, Exam, ExamDataset, open_exam_csv, open_mrnet
-from cxrlab.data.volume_transforms import augment_series, learn_landmarks, standardize, to_slices
+from cxrlab.data.volume_transforms import augment_series, learn_landmarks
 from cxrlab.errors import ConfigError
-from cxrlab.tasks.mrnet.recipe import MRNetConfig
+from cxrlab.inference.mrnet import prepare_series
 from cxrlab.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -61,15 +62,60 @@ def open_splits(cfg: MRNetConfig) -> MRNetSplits:
         valid = open_exam_csv(d.valid_csv, on_error=d.on_error)
     else:
         raise ConfigError("data", "set data.root (MRNet-v1.0) or both data.train_csv and data.valid_csv")
-    order = np.random.default_rng(d.split_seed).permutation(len(train))
-    n_tune = int(round(d.tune_fraction * len(train)))
-    if n_tune < 1 or n_tune >= len(train):
-        raise ConfigError("data.tune_fraction", f"{d.tune_fraction} of {len(train)} training exams leaves "
-                                                "no tune or no train exams")
-    tune_idx, train_idx = sorted(order[:n_tune]), sorted(order[n_tune:])
+    tune_idx, train_idx = stratified_tune_split(train.labels, d.tune_fraction, d.split_seed)
     return MRNetSplits(ExamDataset([train.exams[i] for i in train_idx], train.name + ":fit", train.skips),
                        ExamDataset([train.exams[i] for i in tune_idx], train.name + ":tune", train.skips),
                        valid)
+
+
+def stratified_tune_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Hold out about ``fraction`` of the exams so that every task's tune part holds both classes.
+
+    The exams are grouped by their label combination (abnormal, ACL, meniscus; NaN = unknown)
+    and each group gives its rounded share (seeded); then, for every task whose tune part
+    still lacks a class that the training exams have, one exam of that class moves from the
+    fit part to the tune part (only when the fit part keeps at least one of it).
+
+    Args:
+        labels: ``(exams, tasks)`` with 0, 1 or NaN.
+        fraction: Share of exams held out, in (0, 1).
+        seed: Seed of the draw.
+
+    Returns:
+        ``(tune indices, fit indices)``, sorted.
+
+    Raises:
+        ConfigError: The hold-out leaves no tune or no fit exams, or a task cannot have both
+            classes in its tune part while keeping both in its fit part (a class with fewer than
+            two exams).
+    """
+    labels = np.asarray(labels, dtype=float)
+    rng = np.random.default_rng(seed)
+    n_tune = int(round(fraction * len(labels)))
+    if n_tune < 1 or n_tune >= len(labels):
+        raise ConfigError("data.tune_fraction", f"{fraction} of {len(labels)} training exams leaves "
+                                                "no tune or no train exams")
+    keys = [tuple(np.nan_to_num(row, nan=-1.0).tolist()) for row in labels]
+    tune: set[int] = set()
+    for key in sorted(set(keys)):
+        members = rng.permutation([i for i, k in enumerate(keys) if k == key]).tolist()
+        tune.update(members[:int(round(fraction * len(members)))])
+    for k, task in enumerate(TASKS[:labels.shape[1]]):
+        for value in (0.0, 1.0):
+            have = [i for i in sorted(tune) if labels[i, k] == value]
+            spare = [i for i in rng.permutation(len(labels)).tolist()
+                     if i not in tune and labels[i, k] == value]
+            if have or not spare:
+                continue
+            if len(spare) < 2:
+                raise ConfigError("data.tune_fraction", f"the training exams hold {len(spare)} exam(s) with "
+                                                        f"{task}={int(value)}: too few for both the tune and "
+                                                        "the fit part")
+            tune.add(spare[0])
+    if len(tune) >= len(labels):
+        raise ConfigError("data.tune_fraction", f"{fraction} of {len(labels)} training exams leaves no train exams")
+    fit = sorted(set(range(len(labels))) - tune)
+    return sorted(tune), fit
 
 
 def write_split(run_dir: Path, splits: MRNetSplits) -> None:
@@ -89,11 +135,6 @@ def fit_landmarks(train: ExamDataset, planes: tuple[str, ...]) -> dict[str, list
         out[plane] = learn_landmarks(train.volumes(i, (plane,))[plane].array
                                      for i in range(len(train))).tolist()
     return out
-
-
-def prepare(array: np.ndarray, landmarks: list[float], size: int, normalization: str) -> torch.Tensor:
-    """One series -> ``(S, 3, size, size)``: standardize, resize, three channels, normalize."""
-    return to_slices(standardize(array, np.asarray(landmarks)), size, normalization)
 
 
 class PlaneDataset(torch.utils.data.Dataset):
@@ -127,7 +168,7 @@ class PlaneDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, torch.Tensor]:
         volume = self.exams.volumes(int(self.indices[item]), (self.plane,))[self.plane]
-        x = prepare(volume.array, self.landmarks, self.size, self.normalization)
+        x = prepare_series(volume.array, self.landmarks, self.size, self.normalization)
         if self.augment:
             seed = int(torch.randint(0, 2**31 - 1, ()).item())
             x = augment_series(x, torch.Generator().manual_seed(seed))

@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from cxrlab.config import OutputConfig
-from cxrlab.tasks.mrnet.recipe import load_mrnet_config
+from cxrlab.config.mrnet import load_mrnet_config
 
 DEMO_RECIPE = Path(__file__).resolve().parents[4] / "configs" / "demo_mrnet.yaml"
 

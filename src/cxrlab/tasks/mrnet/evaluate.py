@@ -2,7 +2,10 @@
 
 AUROC with DeLong's 95 % interval; sensitivity, specificity and accuracy at the stored
 threshold; ROC curves (``curves/roc_<task>_<model>.csv``); ``table.md`` in the paper's layout
-(task x AUROC / sensitivity / specificity / accuracy) and ``metrics.json``.
+(task x AUROC / sensitivity / specificity / accuracy) and ``metrics.json``; for the first
+``cam_exams`` held-out exams, the class activation map of the slice that gave each network's
+maximum (``cams/<exam>_<task>_<plane>.npz``: ``slice``, ``map`` (H, W) in [0, 1], ``probability``),
+which the dashboard's MRNet page shows over the series.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 def predict_splits(run_dir: str | Path, splits: Any) -> dict[str, pd.DataFrame]:
     """Predict every split with the run's networks (no combination yet); writes ``predictions_<split>.csv``."""
-    from cxrlab.tasks.mrnet.predict import MRNetPredictor
+    from cxrlab.inference.mrnet import MRNetPredictor
 
     run_dir = Path(run_dir)
     predictor = MRNetPredictor.from_run_dir(run_dir, require_combine=False)
@@ -87,41 +90,77 @@ def table_markdown(metrics: dict[str, Any]) -> str:
             if model == "combined":
                 lines.append(f"| {task} | {cells} |")
             per_plane.append(f"| {task} | {model} | {cells} |")
-    head = (f"MRNet on {metrics['split']} ({metrics['exams']} exams); threshold {metrics['threshold']}; "
+    head = (f"MRNet on {metrics['split']} ({metrics['exams']} exams); operating threshold: "
+            f"{metrics.get('operating_point', metrics['threshold'])}; "
             "combined = logistic regression over the planes fitted on the training exams.\n\n")
     return head + "\n".join(lines) + "\n\nPer network:\n\n" + "\n".join(per_plane) + "\n"
 
 
-def evaluate_run(run_dir: str | Path, predictions: pd.DataFrame | None = None) -> dict[str, Any]:
+def top_slice_cam(predictor: Any, volumes: Any, task: str, plane: str, method: str = "gradcam") -> tuple[int, Any]:
+    """The class activation map of the slice that gave the network's maximum (cxrlab's CAM code).
+
+    Returns:
+        ``(slice index, Heatmap)``; the map has the network's input size.
+    """
+    from cxrlab.explain.cam import heatmap
+
+    top, x = predictor.top_slice(volumes, task, plane)
+    net = predictor.nets[(task, plane)][0]
+    return top, heatmap(net.slice_model(), x[top], target=0, method=method, labels=[task], with_png=False)
+
+
+def write_cams(run_dir: str | Path, predictor: Any, exams: ExamDataset, count: int) -> list[Path]:
+    """``cams/<exam>_<task>_<plane>.npz`` for the first ``count`` exams of ``exams`` (every network)."""
+    written = []
+    for index in range(min(count, len(exams))):
+        volumes = exams.volumes(index, tuple(predictor.planes))
+        for task, plane in predictor.nets:
+            top, cam = top_slice_cam(predictor, volumes, task, plane)
+            path = Path(run_dir) / "cams" / f"{exams.ids[index]}_{task}_{plane}.npz"
+
+            def save(tmp: Path, top: int = top, cam: Any = cam) -> None:
+                with open(tmp, "wb") as handle:
+                    np.savez_compressed(handle, slice=np.int64(top), map=cam.map.astype(np.float32),
+                                        probability=np.float64(cam.probability))
+            atomic_write(path, save)
+            written.append(path)
+    return written
+
+
+def evaluate_run(run_dir: str | Path, predictions: pd.DataFrame | None = None, cam_exams: int = 4) -> dict[str, Any]:
     """Score the held-out ``valid`` exams; writes ``metrics.json``, ``table.md``, ``curves/`` and
     ``predictions_valid.csv`` (with the combined probabilities).
 
     Args:
         run_dir: A trained run (with ``combine.json``).
         predictions: The valid exams' per-plane predictions; default: predicted now.
+        cam_exams: Held-out exams whose top-slice CAMs are written (``cams/``).
     """
     from cxrlab.tasks.mrnet.data import open_splits
-    from cxrlab.tasks.mrnet.predict import MRNetPredictor
-    from cxrlab.tasks.mrnet.recipe import read_run_config
+    from cxrlab.inference.mrnet import MRNetPredictor
+    from cxrlab.config.mrnet import read_run_config
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     predictor = MRNetPredictor.from_run_dir(run_dir)
+    valid = open_splits(cfg).valid
     if predictions is None:
-        predictions = predict_dataset(predictor, open_splits(cfg).valid)
+        predictions = predict_dataset(predictor, valid)
+    write_cams(run_dir, predictor, valid, cam_exams)
     predictions = predictions.copy()
     for task in cfg.tasks:
         predictions[f"{task}_combined"] = [
             predictor.combined(task, {p: row[f"{task}_{p}"] for p in cfg.planes}) for _, row in predictions.iterrows()]
     _write_csv(predictions, run_dir / "predictions_valid.csv")
     metrics: dict[str, Any] = {"split": "valid", "exams": int(len(predictions)), "threshold": cfg.threshold,
-                               "tasks": {}}
+                               "operating_point": f"fixed {cfg.threshold}" if cfg.operating_point == "fixed" else
+                               "Youden's on the tune exams (per task and model)", "tasks": {}}
     for task in cfg.tasks:
         labels = predictions[task].to_numpy(dtype=float)
         metrics["tasks"][task] = {}
         for model in [*cfg.planes, "combined"]:
             probs = predictions[f"{task}_{model}"].to_numpy(dtype=float)
-            threshold = predictor.threshold(task)
+            threshold = predictor.threshold(task, model)
             metrics["tasks"][task][model] = score(labels, probs, threshold)
             keep = ~np.isnan(labels)
             if 0 < np.nansum(labels) < keep.sum():

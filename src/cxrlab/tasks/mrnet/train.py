@@ -24,15 +24,12 @@ import numpy as np
 import torch
 import yaml
 
-from cxrlab.metrics.classification import auroc
+from cxrlab.config.mrnet import MRNetConfig, config_from_mapping
+from cxrlab.metrics.classification import auroc, youden_threshold
 from cxrlab.models.mrnet import PlaneNet, create_plane_net, save_plane_checkpoint
-from cxrlab.tasks.mrnet.recipe import MRNetConfig, config_from_mapping
 from cxrlab.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
-
-CHECKPOINTS = {"auroc": "best_auroc.pt", "loss": "best_loss.pt"}
-
 
 class MRNetModule(L.LightningModule):
     """One plane network: one exam per step, weighted BCE, Adam, LR reduced on a plateau of the tune loss.
@@ -146,27 +143,21 @@ def train_plane_entry(payload: dict[str, Any]) -> str:
                            payload.get("progress", False)))
 
 
-def plane_checkpoint(run_dir: str | Path, task: str, plane: str, monitor: str) -> Path:
-    """The checkpoint of a network the run uses (``train.monitor`` picks ``best_auroc.pt`` or ``best_loss.pt``)."""
-    folder = Path(run_dir) / task / plane
-    path = folder / CHECKPOINTS[monitor]
-    if not path.is_file():      # a tune AUROC that is NaN all along (one class) leaves only the loss
-        path = folder / CHECKPOINTS["loss"]
-    return path
-
-
-def fit_combiners(predictions: Any, cfg: MRNetConfig) -> dict[str, Any]:
-    """One scikit-learn logistic regression per task over the planes' probabilities (training exams).
+def fit_combiners(predictions: Any, cfg: MRNetConfig, tune: Any = None) -> dict[str, Any]:
+    """One scikit-learn logistic regression per task over the planes' probabilities (training exams),
+    and the operating thresholds (``cfg.operating_point``: fixed, or Youden's on the ``tune`` exams).
 
     Returns:
-        ``{task: {"planes": [...], "coef": [...], "intercept": float, "threshold": float}}``.
+        ``{task: {"planes": [...], "coef": [...], "intercept": float, "threshold": float (combined),
+        "thresholds": {model: float}, "threshold_from": str}}``.
     """
     from sklearn.linear_model import LogisticRegression
 
     out = {}
     for task in cfg.tasks:
+        columns = [f"{task}_{plane}" for plane in cfg.planes]
         rows = predictions[~predictions[task].isna()]
-        x = rows[[f"{task}_{plane}" for plane in cfg.planes]].to_numpy(dtype=float)
+        x = rows[columns].to_numpy(dtype=float)
         y = rows[task].to_numpy(dtype=float)
         if len(np.unique(y)) < 2:
             coef, intercept = [1.0 / len(cfg.planes)] * len(cfg.planes), 0.0
@@ -174,8 +165,23 @@ def fit_combiners(predictions: Any, cfg: MRNetConfig) -> dict[str, Any]:
         else:
             model = LogisticRegression().fit(x, y)
             coef, intercept = model.coef_[0].tolist(), float(model.intercept_[0])
+        thresholds = {model: float(cfg.threshold) for model in [*cfg.planes, "combined"]}
+        source = "fixed"
+        if cfg.operating_point == "youden" and tune is not None:
+            known = tune[~tune[task].isna()]
+            labels = known[task].to_numpy(dtype=float)
+            if 0 < labels.sum() < len(labels):
+                probs = {plane: known[f"{task}_{plane}"].to_numpy(dtype=float) for plane in cfg.planes}
+                z = intercept + np.column_stack([probs[p] for p in cfg.planes]) @ np.asarray(coef)
+                probs["combined"] = 1.0 / (1.0 + np.exp(-z))
+                thresholds = {model: youden_threshold(labels, p) for model, p in probs.items()}
+                source = f"youden on {len(labels)} tune exams"
+            else:
+                log.warning("%s: the tune exams hold one class; keeping the fixed threshold %s", task, cfg.threshold)
+                source = "fixed (tune exams hold one class)"
         out[task] = {"planes": list(cfg.planes), "coef": coef, "intercept": intercept,
-                     "threshold": float(cfg.threshold), "fitted_on": "train", "exams": int(len(rows))}
+                     "threshold": thresholds["combined"], "thresholds": thresholds, "threshold_from": source,
+                     "fitted_on": "train", "exams": int(len(rows))}
     return out
 
 
@@ -219,7 +225,7 @@ def train(cfg: MRNetConfig, *, resume: bool = False, overwrite: bool = False, pr
             raise RuntimeError("networks failed: " + "; ".join(failed))
         status.set("evaluating")
         predictions = predict_splits(run_dir, splits)
-        atomic_write_json(run_dir / "combine.json", fit_combiners(predictions["train"], cfg))
+        atomic_write_json(run_dir / "combine.json", fit_combiners(predictions["train"], cfg, predictions["tune"]))
         metrics = evaluate_run(run_dir, predictions=predictions["valid"])
         status.finished()
     if cfg.output.mlflow:
@@ -246,6 +252,3 @@ def _log_mlflow(run_dir: Path, cfg: MRNetConfig, metrics: dict[str, Any]) -> str
             if (run_dir / name).is_file():
                 mlflow.log_artifact(str(run_dir / name))
         return active.info.run_id
-
-
-

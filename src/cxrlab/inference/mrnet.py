@@ -2,7 +2,9 @@
 
 ``MRNetPredictor.from_run_dir(run)`` once, then :meth:`MRNetPredictor.predict` per exam (a
 dict plane -> :class:`~cxrlab.io.volume.Volume`): per task, every plane's probability and
-the combined one. It never imports Lightning or training code.
+the combined one. It never imports Lightning or training code; training prepares its slices
+with the same :func:`prepare_series`. The class activation map of the top slice is built on
+:meth:`MRNetPredictor.top_slice` by the layers above (``cxrlab.explain.cam``).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from cxrlab.config.mrnet import read_run_config
+from cxrlab.data.volume_transforms import standardize, to_slices
 from cxrlab.errors import ExamError, MissingFileError
 from cxrlab.io.volume import Volume
 from cxrlab.models.mrnet import PlaneNet, load_plane_checkpoint
-from cxrlab.tasks.mrnet.recipe import read_run_config
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,13 @@ def plane_checkpoint(run_dir: str | Path, task: str, plane: str, monitor: str) -
         if (folder / name).is_file():
             return folder / name
     raise MissingFileError(folder, f"no checkpoint of the {task} {plane} network; did its training finish?")
+
+
+def prepare_series(array: np.ndarray, landmarks: list[float] | np.ndarray, size: int,
+                   normalization: str) -> torch.Tensor:
+    """One series -> ``(S, 3, size, size)``: histogram standardization with the run's landmarks,
+    resize, three channels, normalization (training and prediction alike)."""
+    return to_slices(standardize(array, np.asarray(landmarks)), size, normalization)
 
 
 def _sigmoid(value: float) -> float:
@@ -86,10 +96,8 @@ class MRNetPredictor:
 
     def prepare(self, volume: Volume, task: str, plane: str) -> torch.Tensor:
         """One series as the network of ``task``/``plane`` expects it."""
-        from cxrlab.tasks.mrnet.data import prepare
-
         meta = self.nets[(task, plane)][1]
-        return prepare(volume.array, meta["landmarks"], int(meta["size"]), meta["normalization"]).to(self.device)
+        return prepare_series(volume.array, meta["landmarks"], int(meta["size"]), meta["normalization"]).to(self.device)
 
     def _check(self, volumes: Mapping[str, Volume]) -> None:
         missing = [p for p in self.planes if p not in volumes]
@@ -121,18 +129,15 @@ class MRNetPredictor:
         z = float(spec["intercept"]) + float(np.dot(spec["coef"], [probs[p] for p in spec["planes"]]))
         return _sigmoid(z)
 
-    def threshold(self, task: str) -> float:
-        return float((self.combine or {}).get(task, {}).get("threshold", 0.5))
+    def threshold(self, task: str, model: str = "combined") -> float:
+        """The stored operating threshold of a task's ``model`` (a plane or ``combined``; 0.5 when none)."""
+        spec = (self.combine or {}).get(task, {})
+        return float(spec.get("thresholds", {}).get(model, spec.get("threshold", 0.5)))
 
-    def cam(self, volumes: Mapping[str, Volume], task: str, plane: str, method: str = "gradcam") -> tuple[int, Any]:
-        """The class activation map of the slice that gave the maximum (cxrlab's CAM code).
-
-        Returns:
-            ``(slice index, Heatmap)``.
-        """
-        from cxrlab.explain.cam import heatmap
-
-        net = self.nets[(task, plane)][0]
+    def top_slice(self, volumes: Mapping[str, Volume], task: str, plane: str) -> tuple[int, torch.Tensor]:
+        """The slice of ``plane`` that gave the network's maximum, and the prepared series
+        ``(S, 3, size, size)`` (for a class activation map of that slice)."""
+        if plane not in volumes:
+            raise ExamError(None, f"exam lacks the {plane} plane")
         x = self.prepare(volumes[plane], task, plane)
-        top = net.top_slice(x)
-        return top, heatmap(net.slice_model(), x[top], target=0, method=method, labels=[task])
+        return self.nets[(task, plane)][0].top_slice(x), x

@@ -1,7 +1,9 @@
-"""The MRNet recipe: frozen dataclasses over cxrlab's recipe helpers (YAML, ``key=value`` overrides).
+"""The MRNet recipe (knee MRI, issue 15): frozen dataclasses on :class:`~cxrlab.config.base.Recipe`.
 
 ``configs/mrnet_bien2018.yaml`` holds the paper's settings; ``configs/demo_mrnet.yaml`` trains
-on SYNTHETIC phantoms at a small size.
+on SYNTHETIC phantoms at a small size. Choices (normalization, monitor, precision, tasks,
+planes, ...) are checked at load with a did-you-mean hint; the output section is the shared
+:class:`~cxrlab.config.classification.OutputConfig`.
 """
 
 from __future__ import annotations
@@ -11,13 +13,18 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from cxrlab.config import OutputConfig, apply_overrides, read_recipe
-from cxrlab.config.base import build
+from cxrlab.config.base import Recipe, apply_overrides, build, look_up_option, read_recipe
+from cxrlab.config.classification import OutputConfig, Precision
 from cxrlab.data.datasets.mrnet import TASKS
 from cxrlab.errors import ConfigError
 from cxrlab.io.volume import PLANES
+
+Normalization = Literal["imagenet", "unit"]
+OnError = Literal["raise", "skip"]
+Monitor = Literal["auroc", "loss"]
+OperatingPoint = Literal["fixed", "youden"]
 
 
 @dataclass(frozen=True)
@@ -44,9 +51,9 @@ class MRNetDataConfig:
     tune_fraction: float = 0.1
     split_seed: int = 0
     size: int = 256
-    normalization: str = "imagenet"
+    normalization: Normalization = "imagenet"
     augment: bool = True
-    on_error: str = "raise"
+    on_error: OnError = "raise"
     num_workers: int = 0
 
 
@@ -85,8 +92,8 @@ class MRNetTrainConfig:
     patience: int = 5
     factor: float = 0.3
     weighted_loss: bool = True
-    monitor: str = "auroc"
-    precision: str = "32"
+    monitor: Monitor = "auroc"
+    precision: Precision = "32"
     accelerator: str = "auto"
     devices: Any = 1
     deterministic: bool = True
@@ -116,12 +123,15 @@ class KneePhantomConfig:
 
 
 @dataclass(frozen=True)
-class MRNetConfig:
+class MRNetConfig(Recipe):
     """A whole MRNet recipe; the run folder is ``output.root/name``.
 
     Attributes:
         tasks, planes: The grid (paper: 3 x 3).
         threshold: Operating threshold on every probability (paper: 0.5).
+        operating_point: ``fixed`` (``threshold``) or ``youden``: per task and model, the
+            threshold that maximises sensitivity + specificity on the tune exams (whose split is
+            stratified so both classes are there); ``fixed`` is the fallback when they hold one class.
     """
 
     name: str = "mrnet"
@@ -129,14 +139,12 @@ class MRNetConfig:
     tasks: tuple[str, ...] = TASKS
     planes: tuple[str, ...] = PLANES
     threshold: float = 0.5
+    operating_point: OperatingPoint = "fixed"
     data: MRNetDataConfig = field(default_factory=MRNetDataConfig)
     model: MRNetModelConfig = field(default_factory=MRNetModelConfig)
     train: MRNetTrainConfig = field(default_factory=MRNetTrainConfig)
     phantoms: KneePhantomConfig | None = None
     output: OutputConfig = field(default_factory=lambda: OutputConfig(experiment="mrnet"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
 
 
 def config_from_mapping(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> MRNetConfig:
@@ -147,13 +155,11 @@ def config_from_mapping(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -
     """
     data = apply_overrides(json.loads(json.dumps(raw or {})), overrides)
     cfg = build(MRNetConfig, data, "")
-    bad_tasks = [t for t in cfg.tasks if t not in TASKS]
-    bad_planes = [p for p in cfg.planes if p not in PLANES]
-    if bad_tasks or bad_planes or not cfg.tasks or not cfg.planes:
-        raise ConfigError("tasks/planes", f"tasks from {TASKS} and planes from {PLANES}; got "
-                                          f"{list(cfg.tasks)} and {list(cfg.planes)}")
-    if cfg.train.monitor not in ("auroc", "loss"):
-        raise ConfigError("train.monitor", f"'auroc' or 'loss', got {cfg.train.monitor!r}")
+    for key, chosen, choices in (("tasks", cfg.tasks, TASKS), ("planes", cfg.planes, PLANES)):
+        if not chosen:
+            raise ConfigError(key, f"choose at least one of {list(choices)}")
+        for index, value in enumerate(chosen):
+            look_up_option(value, choices, f"{key}[{index}]")
     if not 0.0 < cfg.data.tune_fraction < 1.0:
         raise ConfigError("data.tune_fraction", f"must lie in (0, 1), got {cfg.data.tune_fraction}")
     if cfg.data.size < 63:
@@ -187,12 +193,11 @@ def load_mrnet_config(path: str | Path, overrides: Sequence[str] = ()) -> MRNetC
 
 
 def read_run_config(run_dir: str | Path) -> MRNetConfig:
-    """The recipe a run was trained with (``RUN/config.yaml``)."""
-    import yaml
+    """The recipe a run was trained with (``RUN/config.yaml``).
 
-    from cxrlab.errors import MissingFileError
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise MissingFileError(path, "not an MRNet run folder (no config.yaml)")
-    return config_from_mapping(yaml.safe_load(path.read_text()) or {})
+    Raises:
+        MissingFileError: ``run_dir`` holds no ``config.yaml``.
+        ConfigError: It does not hold an MRNet recipe.
+    """
+    return read_recipe(Path(run_dir) / "config.yaml", config_from_mapping,
+                       "MRNet run recipe (not an MRNet run folder?)")
