@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from cxrlab.tasks.brats.recipe import config_from_mapping
+    from cxrlab.config.brats import config_from_mapping
     from cxrlab.tasks.brats.train import train
 
     out = tmp_path_factory.mktemp("brats")
@@ -53,7 +53,7 @@ def test_trained_unet_segments_held_out_phantom_tumours(tiny_run):
 def test_prediction_written_back_in_the_input_space(tiny_run, tmp_path):
     from cxrlab.data.datasets.brats import BratsDataset
     from cxrlab.io.nifti import read_nifti
-    from cxrlab.tasks.brats.predict import BratsPredictor, write_prediction
+    from cxrlab.inference.brats import BratsPredictor, write_prediction
 
     run_dir, out = tiny_run
     dataset = BratsDataset(out / "phantoms")
@@ -91,7 +91,7 @@ def test_stats_and_metrics_commands_speak_the_documented_json(tiny_run, tmp_path
 
 def test_shipped_demo_recipe_matches_the_demo():
     from cxrlab.tasks.brats.demo import DEMO_RECIPE
-    from cxrlab.tasks.brats.recipe import config_from_mapping, load_brats_config
+    from cxrlab.config.brats import config_from_mapping, load_brats_config
 
     shipped = load_brats_config(REPO / "configs" / "demo_brats.yaml").to_dict()
     demo = config_from_mapping(DEMO_RECIPE).to_dict()
@@ -108,7 +108,7 @@ def test_survival_model_beats_predicting_the_median(tmp_path):
 
     from cxrlab.data.datasets.brats import BratsDataset
     from cxrlab.data.synthetic_brain import write_phantoms
-    from cxrlab.tasks.brats.recipe import SurvivalConfig
+    from cxrlab.config.brats import SurvivalConfig
     from cxrlab.tasks.brats.survival import case_features, cross_validate_survival
 
     write_phantoms(tmp_path / "p", layout="brats2020", n=40, size=32, seed=3)
