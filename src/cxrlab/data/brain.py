@@ -6,6 +6,8 @@ voxels (:func:`preprocess`; :func:`uncrop` puts a result back into the full grid
 two-stage variant, :func:`downsample_image` / :func:`downsample_mask` give the locator its
 coarse input and target, :func:`upsample_mask` brings its answer back, and
 :func:`tumour_box` is the located box plus a margin, in which the second network works.
+:func:`plane_slice`, :func:`colour_labels` and :func:`overlay_views` draw label overlays (the
+PNGs a run writes and the dashboard's slice viewer). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+OVERLAY_COLOURS = {1: (220, 40, 40), 2: (40, 200, 60), 3: (250, 220, 40)}
+"""Overlay colour (RGB) of the canonical classes NCR (red), ED (green), ET (yellow)."""
+PLANES = {"axial": 2, "coronal": 1, "sagittal": 0}
+"""The voxel axis each plane cuts across (BraTS volumes are stored RAS-like: x, y, z)."""
 
 Box = tuple[tuple[int, int, int], tuple[int, int, int]]
 """``(start, end)`` of a cuboid: ``volume[start[0]:end[0], start[1]:end[1], start[2]:end[2]]``."""
@@ -78,21 +83,30 @@ def uncrop(cropped: np.ndarray, prep: Cropped, fill: int = 0) -> np.ndarray:
     return full
 
 
+def _blocks(volume: np.ndarray, scale: int, fill: float | bool) -> np.ndarray:
+    """``(..., x, y, z)`` padded with ``fill`` to multiples of ``scale`` and reshaped to ``(..., X, s, Y, s, Z, s)``."""
+    spatial = volume.shape[-3:]
+    pad = [(0, 0)] * (volume.ndim - 3) + [(0, -n % scale) for n in spatial]
+    padded = np.pad(volume, pad, constant_values=fill)
+    shape = padded.shape[:-3] + tuple(v for n in padded.shape[-3:] for v in (n // scale, scale))
+    return padded.reshape(shape)
+
+
 def downsample_image(image: np.ndarray, scale: int) -> np.ndarray:
-    """``(C, x, y, z)`` averaged over ``scale``-cubes (partial cubes at the far edges count their voxels only)."""
+    """``(C, x, y, z)`` averaged over ``scale``-cubes (partial cubes at the far edges average their voxels only)."""
+    image = np.asarray(image, dtype=np.float32)
     if scale == 1:
-        return np.ascontiguousarray(image, dtype=np.float32)
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-    pooled = F.avg_pool3d(x, kernel_size=scale, stride=scale, ceil_mode=True, count_include_pad=False)
-    return pooled[0].numpy()
+        return np.ascontiguousarray(image)
+    blocks = _blocks(image, scale, np.nan)
+    return np.ascontiguousarray(np.nanmean(blocks, axis=(2, 4, 6)), dtype=np.float32)
 
 
 def downsample_mask(mask: np.ndarray, scale: int) -> np.ndarray:
     """A ``(x, y, z)`` boolean mask on the ``scale``-coarser grid: a cube is set when any voxel in it is."""
+    mask = np.asarray(mask, dtype=bool)
     if scale == 1:
-        return np.asarray(mask, dtype=bool)
-    x = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
-    return F.max_pool3d(x, kernel_size=scale, stride=scale, ceil_mode=True)[0, 0].numpy() > 0
+        return mask
+    return _blocks(mask, scale, False).any(axis=(1, 3, 5))
 
 
 def upsample_mask(coarse: np.ndarray, scale: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -111,3 +125,58 @@ def tumour_box(mask: np.ndarray, margin: int) -> Box | None:
     start = np.maximum(points.min(0) - margin, 0)
     end = np.minimum(points.max(0) + 1 + margin, np.array(mask.shape))
     return tuple(int(v) for v in start), tuple(int(v) for v in end)  # type: ignore[return-value]
+
+
+def window_uint8(channel: np.ndarray) -> np.ndarray:
+    """A channel scaled to 0-255 between the 1st and 99th percentiles of its non-zero voxels."""
+    inside = channel[channel != 0]
+    if inside.size == 0:
+        return np.zeros(channel.shape, dtype=np.uint8)
+    lo, hi = np.percentile(inside, [1, 99])
+    return (np.clip((channel - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
+def plane_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
+    """Slice ``index`` of ``(x, y, z)`` across ``plane`` (:data:`PLANES`), rotated so anterior/superior is up."""
+    where = [slice(None)] * 3
+    where[PLANES[plane]] = int(index)
+    return np.rot90(volume[tuple(where)])
+
+
+def colour_labels(gray: np.ndarray, labels: np.ndarray | None, alpha: float = 0.55) -> np.ndarray:
+    """RGB uint8 of a grey slice with the canonical classes blended in their :data:`OVERLAY_COLOURS`."""
+    rgb = np.repeat(gray[..., None], 3, axis=2).astype(np.float32)
+    if labels is not None:
+        for cls, colour in OVERLAY_COLOURS.items():
+            where = labels == cls
+            rgb[where] = (1 - alpha) * rgb[where] + alpha * np.array(colour, dtype=np.float32)
+    return rgb.astype(np.uint8)
+
+
+def tumour_centre(*labels: np.ndarray | None) -> np.ndarray | None:
+    """The voxel centroid of the first non-empty label volume (tumour = any class > 0), else None."""
+    for volume in labels:
+        if volume is not None and volume.any():
+            return np.argwhere(volume > 0).mean(0).round().astype(int)
+    return None
+
+
+def overlay_views(flair: np.ndarray, canonical: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
+    """An RGB strip: axial, coronal and sagittal slices of ``flair`` through the tumour centroid, prediction coloured.
+
+    With ``truth`` a second row shows the reference. Slices are rotated so anterior is up.
+    """
+    centre = tumour_centre(canonical, truth)
+    if centre is None:
+        centre = np.array(flair.shape) // 2
+    gray = window_uint8(flair)
+    rows = []
+    for labels in [canonical] + ([truth] if truth is not None else []):
+        tiles = [colour_labels(plane_slice(gray, plane, centre[axis]), plane_slice(labels, plane, centre[axis]))
+                 for plane, axis in PLANES.items()]
+        height = max(t.shape[0] for t in tiles)
+        tiles = [np.pad(t, ((0, height - t.shape[0]), (0, 2), (0, 0))) for t in tiles]
+        rows.append(np.concatenate(tiles, axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    return np.concatenate(rows, axis=0)

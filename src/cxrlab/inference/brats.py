@@ -23,14 +23,20 @@ import yaml
 from torch import nn
 
 from cxrlab.config.brats import BratsConfig, BratsModelConfig, config_from_mapping
-from cxrlab.data.brain import box_slices, downsample_image, preprocess, tumour_box, uncrop, upsample_mask
+from cxrlab.data.brain import (
+    box_slices,
+    downsample_image,
+    overlay_views,
+    preprocess,
+    tumour_box,
+    uncrop,
+    upsample_mask,
+)
 from cxrlab.data.datasets.brats import CANONICAL, MODALITIES, BratsCase, to_convention
 from cxrlab.errors import ConfigError, MissingFileError
 from cxrlab.io.nifti import write_nifti
 from cxrlab.models.unet3d import create_unet3d, sliding_window_logits
 
-OVERLAY_COLOURS = {1: (220, 40, 40), 2: (40, 200, 60), 3: (250, 220, 40)}
-"""Overlay colour (RGB) of NCR (red), ED (green), ET (yellow)."""
 LOCATOR_DIR = "locator"
 """Sub-folder of a two-stage run that holds the locator's ``best.pt``, history and checkpoints."""
 
@@ -123,44 +129,6 @@ def write_prediction(case: BratsCase, canonical: np.ndarray, out_dir: str | Path
     """``<out_dir>/<case>.nii.gz`` in the case's label convention, affine and header (BraTS submission naming)."""
     return write_nifti(Path(out_dir) / f"{case.case_id}.nii.gz", to_convention(canonical, case.convention),
                        reference=case.reference)
-
-
-def _window(channel: np.ndarray) -> np.ndarray:
-    inside = channel[channel != 0]
-    if inside.size == 0:
-        return np.zeros(channel.shape, dtype=np.uint8)
-    lo, hi = np.percentile(inside, [1, 99])
-    return (np.clip((channel - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
-
-
-def overlay_views(flair: np.ndarray, canonical: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
-    """An RGB strip: axial, coronal and sagittal FLAIR slices through the tumour centroid, prediction coloured.
-
-    With ``truth`` a second row shows the reference. Slices are rotated so anterior is up.
-    """
-    mask = canonical > 0 if canonical.any() else (truth > 0 if truth is not None and truth.any() else None)
-    centre = (np.argwhere(mask).mean(0).round().astype(int) if mask is not None
-              else np.array(flair.shape) // 2)
-    gray = _window(flair)
-    rows = []
-    for labels in [canonical] + ([truth] if truth is not None else []):
-        tiles = []
-        for axis in (2, 1, 0):      # axial (z), coronal (y), sagittal (x)
-            index = [slice(None)] * 3
-            index[axis] = int(centre[axis])
-            g, lab = gray[tuple(index)], labels[tuple(index)]
-            rgb = np.repeat(g[..., None], 3, axis=2).astype(np.float32)
-            for cls, colour in OVERLAY_COLOURS.items():
-                where = lab == cls
-                rgb[where] = 0.45 * rgb[where] + 0.55 * np.array(colour, dtype=np.float32)
-            tile = np.rot90(rgb.astype(np.uint8))
-            tiles.append(tile)
-        height = max(t.shape[0] for t in tiles)
-        tiles = [np.pad(t, ((0, height - t.shape[0]), (0, 2), (0, 0))) for t in tiles]
-        rows.append(np.concatenate(tiles, axis=1))
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 2), (0, width - r.shape[1]), (0, 0))) for r in rows]
-    return np.concatenate(rows, axis=0)
 
 
 def write_overlay(path: str | Path, case: BratsCase, canonical: np.ndarray) -> Path:

@@ -23,25 +23,6 @@ pytest.importorskip("monai")
 REPO = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    from cxrlab.config.brats import config_from_mapping
-    from cxrlab.tasks.brats.train import train
-
-    out = tmp_path_factory.mktemp("brats")
-    cfg = config_from_mapping({
-        "name": "tiny", "seed": 0,
-        "phantoms": {"layout": "brats2020", "n": 10, "size": 32, "seed": 0, "out": str(out / "phantoms")},
-        "data": {"split": {"train": 0.6, "valid": 0.1, "test": 0.3}, "patch": [32, 32, 32], "samples_per_case": 2,
-                 "class_ratios": [1, 1, 1, 1], "batch_size": 4, "num_workers": 0},
-        "model": {"arch": "unet", "channels": [8, 16, 32], "strides": [2, 2]},
-        "train": {"epochs": 15, "lr": 0.003, "accelerator": "cpu", "devices": 1, "deterministic": True},
-        "inference": {"overlap": 0.25, "sw_batch_size": 4, "tta": False},
-        "survival": {"regressor": "random_forest", "source": "reference", "folds": 3},
-        "output": {"root": str(out / "runs"), "mlflow": False}})
-    return train(cfg), out
-
-
 def test_trained_unet_segments_held_out_phantom_tumours(tiny_run):
     run_dir, _ = tiny_run
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -27,6 +27,7 @@ PAGES: dict[str, dict[str, Any]] = {
     "segmentation": {"title": "Segmentation", "file": "segmentation.py",
                      "kinds": ("segmentation", "segmentation_cv", "seg_predictions")},
     "screening": {"title": "Screening", "file": "screening.py", "kinds": ("screening",)},
+    "brats": {"title": "BraTS", "file": "brats.py", "kinds": ("brats",)},
     "image": {"title": "Image", "file": "image.py", "kinds": None},
 }
 
