@@ -35,6 +35,7 @@ from cxrlab.data.brain import (
 from cxrlab.data.datasets.brats import CANONICAL, MODALITIES, BratsCase, to_convention
 from cxrlab.errors import ConfigError, MissingFileError
 from cxrlab.io.nifti import write_nifti
+from cxrlab.io.write import write_bytes_atomic
 from cxrlab.models.unet3d import create_unet3d, sliding_window_logits
 
 LOCATOR_DIR = "locator"
@@ -134,8 +135,6 @@ def write_prediction(case: BratsCase, canonical: np.ndarray, out_dir: str | Path
 def write_overlay(path: str | Path, case: BratsCase, canonical: np.ndarray) -> Path:
     """PNG of :func:`overlay_views` (prediction row, then the reference row when the case has one), atomically."""
     import cv2
-
-    from cxrlab.io.write import write_bytes_atomic
 
     rgb = overlay_views(case.image[3], canonical, case.label)
     scale = max(1, 384 // max(rgb.shape[:2]))

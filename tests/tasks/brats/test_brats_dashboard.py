@@ -1,7 +1,8 @@
-"""The dashboard shows a BraTS run: the index reads it as kind ``brats`` with its per-region means, the
-BraTS page renders (AppTest, in a fresh interpreter that never imports torch, Lightning, the engine
-or the tasks) with the run's region table and the slice viewer of image, reference and prediction,
-and the viewer's arrays are the case's own."""
+"""The dashboard shows a BraTS run: the index reads it as kind ``brats`` with its per-region means,
+the Runs page lists it with its per-region table, the BraTS page renders (AppTest, in a fresh
+interpreter that never imports torch, Lightning, the engine or the tasks) with the run's region
+table and the slice viewer of image, reference and prediction, and the viewer's arrays are the
+case's own."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import json, sys
 from streamlit.testing.v1 import AppTest
 from cxrlab.dashboard import APP_PATH
 at = AppTest.from_file(str(APP_PATH), default_timeout=120).run()
+runs_page = {"subheaders": [h.value for h in at.subheader], "exceptions": [e.value for e in at.exception],
+             "listing": at.dataframe[-2].value.to_dict("list"), "brats": at.dataframe[-1].value.to_dict("list")}
 at.switch_page("views/brats.py").run()
 def state():
     return {"titles": [t.value for t in at.title], "exceptions": [e.value for e in at.exception],
@@ -28,7 +31,7 @@ def state():
             "images": [c for img in at.get("image") for c in img.captions],
             "charts": len(at.get("plotly_chart")),
             "slider": [(s.label, s.value, s.max) for s in at.slider]}
-out = {"first": state()}
+out = {"runs_page": runs_page, "first": state()}
 at.radio(key="brats_plane").set_value("sagittal").run()
 at.selectbox(key="brats_modality").set_value("t1ce").run()
 out["sagittal"] = state()
@@ -53,8 +56,12 @@ def test_index_reads_a_brats_run(tiny_run):
 
 
 def test_brats_page_renders_tables_and_slice_viewer_without_training_code(tiny_run, tmp_path):
+    from cxrlab.data.datasets.brats import BratsDataset
+
     run_dir, out = tiny_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    first_case = sorted(json.loads((run_dir / "split.json").read_text())["test"])[0]
+    shape = BratsDataset(out / "phantoms", only=[first_case]).load(first_case).image.shape[1:]
     result = subprocess.run([sys.executable, "-c", RENDER_BRATS], capture_output=True, text=True, timeout=300,
                             env={**os.environ, "CXRLAB_DASHBOARD_RUNS": str(out / "runs"),
                                  "CXRLAB_CACHE_DIR": str(tmp_path / "index-cache")})
@@ -62,6 +69,10 @@ def test_brats_page_renders_tables_and_slice_viewer_without_training_code(tiny_r
     assert line, result.stderr[-3000:]
     body = json.loads(line[len("RESULT"):])
     assert body["modules"] == []
+    runs_page = body["runs_page"]
+    assert runs_page["exceptions"] == []
+    assert "BraTS runs — mean Dice and HD95 (mm) per region" in runs_page["subheaders"]
+    assert runs_page["listing"]["kind"] == ["brats"] and runs_page["brats"]["run"] == ["tiny"]
     first = body["first"]
     assert first["titles"] == ["BraTS"] and first["exceptions"] == [] and first["warnings"] == [], first
     assert first["charts"] == 1
@@ -75,10 +86,10 @@ def test_brats_page_renders_tables_and_slice_viewer_without_training_code(tiny_r
     assert sorted(case_table["case"]) == sorted(metrics["cases"])
     assert first["images"] == ["flair", "reference", "prediction"]
     label, value, top = first["slider"][0]
-    assert label == "axial slice" and top == 31 and 0 <= value <= top
+    assert label == "axial slice" and top == shape[2] - 1 and 0 <= value <= top
     sagittal = body["sagittal"]
     assert sagittal["exceptions"] == [] and sagittal["images"] == ["t1ce", "reference", "prediction"]
-    assert sagittal["slider"][0][0] == "sagittal slice"
+    assert sagittal["slider"][0][0] == "sagittal slice" and sagittal["slider"][0][2] == shape[0] - 1
 
 
 def test_slice_viewer_reads_the_case_and_the_written_prediction(tiny_run):

@@ -61,3 +61,16 @@ def test_prediction_stays_inside_the_located_box(two_stage_run):
         inside = np.zeros(prep.image.shape[1:], dtype=np.uint8)
         inside[box_slices(box)] = 1
         assert not prediction[uncrop(inside, prep) == 0].any(), case_id
+
+
+def test_recipe_choices_are_checked_when_it_loads():
+    from cxrlab.config.brats import config_from_mapping
+    from cxrlab.errors import ConfigError
+
+    assert config_from_mapping({}, ["model.stages=2"]).model.stages == 2
+    with pytest.raises(ConfigError, match="did you mean 'unet'"):
+        config_from_mapping({}, ["model.arch=unte"])
+    with pytest.raises(ConfigError, match="model.stages"):
+        config_from_mapping({}, ["model.stages=3"])
+    with pytest.raises(ConfigError, match="model.locator_scale"):
+        config_from_mapping({}, ["model.locator_scale=0"])

@@ -171,10 +171,9 @@ def fit_stage(cfg: BratsConfig, stage_dir: Path, dataset: BratsDataset, split: d
     Returns:
         ``stage_dir``.
     """
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from monai.data import DataLoader
 
-    from cxrlab.engine.callbacks import EpochSeed
+    from cxrlab.engine.callbacks import EpochCheckpoint, EpochSeed
     from cxrlab.engine.segmentation import SegmentationCheckpoints
 
     locator = stage == "locator"
@@ -205,8 +204,7 @@ def fit_stage(cfg: BratsConfig, stage_dir: Path, dataset: BratsDataset, split: d
         callbacks=[EpochSeed(cfg.seed, stage_index), ReseedEpoch(random, generator, cfg.seed, stage_index),
                    SegmentationCheckpoints(stage_dir, 0, lambda p, m: save_checkpoint(p, network, cfg, m, classes),
                                            "dice"),
-                   ModelCheckpoint(dirpath=str(checkpoint_dir), filename="epoch{epoch:03d}", save_top_k=0,
-                                   save_last=True, every_n_epochs=1, save_on_train_epoch_end=True)])
+                   EpochCheckpoint(checkpoint_dir)])
     ckpt = str(last) if resume and last.is_file() else None
     if ckpt:
         log.info("resuming the %s stage from %s", stage, ckpt)
