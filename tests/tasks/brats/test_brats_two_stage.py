@@ -3,8 +3,10 @@ brain box downsampled by 2 finds the whole tumour, the segmenter trained on tumo
 segments inside the located box, and the prediction is pasted back into the full volume (nothing
 outside the box), written and scored like a one-stage run.
 
-Threshold: seeds 0-4 of this setting gave held-out mean WT Dice MEASURED; the test asks for > 0.6
-(calling the whole brain tumour scores about 0.17, see test_brats_task.py).
+Threshold: seeds 0-4 of this setting (10 phantoms of 32 voxels, 16^3 patches, 8 epochs per stage)
+gave held-out mean WT Dice 0.767-0.899 (lowest single case 0.730); one stage at the same setting,
+seeds 0-2: 0.853-0.885. The test asks for > 0.6 (calling the whole brain tumour scores about 0.17,
+see test_brats_task.py). TC/ET are too small at this size to be scored.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 
 pytest.importorskip("monai")
 
-TWO_STAGE = ["model.stages=2", "model.locator_scale=2", "model.margin=4", "data.patch=[16,16,16]", "name=two_stage"]
+TWO_STAGE = ["model.stages=2", "model.locator_scale=2", "model.margin=4", "data.patch=[16,16,16]", "train.epochs=8",
+             "name=two_stage"]
 
 
 @pytest.fixture(scope="module")

@@ -67,8 +67,8 @@ if record is not None:
                 depth = views.image.shape[1 + axis]
                 centre = tumour_centre(views.prediction, views.reference)
                 start = int(centre[axis]) if centre is not None else depth // 2
-                index_ = st.slider(f"{plane} slice", 0, depth - 1, start, key=f"brats_slice_{plane}")
-                gray = plane_slice(window_uint8(views.image[MODALITIES.index(modality)]), plane, index_)
+                slice_index = st.slider(f"{plane} slice", 0, depth - 1, start, key=f"brats_slice_{plane}")
+                gray = plane_slice(window_uint8(views.image[MODALITIES.index(modality)]), plane, slice_index)
                 tiles = st.columns(3)
                 tiles[0].image(colour_labels(gray, None), caption=f"{modality}", width="stretch")
                 for column, labels, title in ((tiles[1], views.reference, "reference"),
@@ -76,7 +76,7 @@ if record is not None:
                     if labels is None:
                         column.info(f"no {title}")
                     else:
-                        column.image(colour_labels(gray, plane_slice(labels, plane, index_)), caption=title,
+                        column.image(colour_labels(gray, plane_slice(labels, plane, slice_index)), caption=title,
                                      width="stretch")
                 st.caption(f"NCR red · ED green · ET yellow; voxel {views.spacing[0]:g} x {views.spacing[1]:g} x "
                            f"{views.spacing[2]:g} mm")
