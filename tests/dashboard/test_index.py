@@ -153,11 +153,14 @@ def test_mlflow_artifact_copies_are_not_listed_twice(tmp_path):
 
 
 def test_runs_of_kinds_without_a_page_are_left_out(tmp_path):
-    """A BraTS or MRNet run (run.json) is not mistaken for a classification run."""
+    """An MRNet run (run.json; no page yet) is left out, not mistaken for a classification run; a BraTS
+    run is indexed as kind ``brats`` (incomplete until it has metrics.json)."""
     from cxrlab.dashboard.index import open_index
     from cxrlab.runs.rundir import claim_run_directory
 
-    run = claim_run_directory(tmp_path / "runs" / "brats_demo", kind="brats")
-    (run / "config.yaml").write_text("name: brats_demo\n")
-    (run / "status.json").write_text('{"state": "finished"}')
-    assert [r for r in open_index(tmp_path / "runs").refresh() if "brats" in r.name] == []
+    for kind in ("brats", "mrnet"):
+        run = claim_run_directory(tmp_path / "runs" / f"{kind}_demo", kind=kind)
+        (run / "config.yaml").write_text(f"name: {kind}_demo\n")
+        (run / "status.json").write_text('{"state": "finished"}')
+    records = open_index(tmp_path / "runs").refresh()
+    assert [(r.name, r.kind, r.state) for r in records] == [("brats_demo", "brats", "incomplete")]
