@@ -75,7 +75,7 @@ def test_every_other_shipped_recipe_loads_with_its_own_loader(path, tmp_path):
         from cxrlab.config.pneumothorax import load_pneumothorax_config
         assert load_pneumothorax_config(path).name
     elif kind == "brats":
-        from cxrlab.tasks.brats.recipe import load_brats_config, save_brats_config
+        from cxrlab.config.brats import load_brats_config, save_brats_config
         cfg = load_brats_config(path)
         save_brats_config(cfg, tmp_path / "config.yaml")
         assert load_brats_config(tmp_path / "config.yaml") == cfg

@@ -152,12 +152,16 @@ def test_mlflow_artifact_copies_are_not_listed_twice(tmp_path):
     assert [r.name for r in RunIndex(tmp_path).refresh()] == ["bce"]
 
 
-def test_runs_of_kinds_without_a_page_are_left_out(tmp_path):
-    """A BraTS run (run.json) is not mistaken for a classification run (MRNet runs: test_mrnet.py)."""
+def test_runs_declared_in_run_json_get_their_kind(tmp_path):
+    """MRNet and BraTS runs (declared in run.json) are indexed as their own kinds, never mistaken
+    for classification runs; a BraTS run without metrics.json is incomplete."""
     from cxrlab.dashboard.index import open_index
     from cxrlab.runs.rundir import claim_run_directory
 
-    run = claim_run_directory(tmp_path / "runs" / "brats_demo", kind="brats")
-    (run / "config.yaml").write_text("name: brats_demo\n")
-    (run / "status.json").write_text('{"state": "finished"}')
-    assert [r for r in open_index(tmp_path / "runs").refresh() if "brats" in r.name] == []
+    for kind in ("brats", "mrnet"):
+        run = claim_run_directory(tmp_path / "runs" / f"{kind}_demo", kind=kind)
+        (run / "config.yaml").write_text(f"name: {kind}_demo\n")
+        (run / "status.json").write_text('{"state": "finished"}')
+    records = open_index(tmp_path / "runs").refresh()
+    assert [(r.name, r.kind) for r in records] == [("brats_demo", "brats"), ("mrnet_demo", "mrnet")]
+    assert records[0].state == "incomplete"

@@ -90,7 +90,7 @@ def test_nifti_stem():
 
 def test_mni152_crop_and_zscore_with_a_pasted_lesion(tmp_path):
     """A real 1 mm T1 brain (nilearn's MNI152 2009) with a synthetic lesion: affine kept, box and z-scores exact."""
-    from cxrlab.tasks.brats.data import preprocess, uncrop
+    from cxrlab.data.brain import preprocess, uncrop
     from cxrlab.data.datasets.brats import to_canonical
 
     mni = read_nifti(mni152_path())

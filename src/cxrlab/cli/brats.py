@@ -86,7 +86,7 @@ def train_cmd(
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Show Lightning progress bars."),
 ) -> None:
     """Train the 3D U-Net, then score the test cases (Dice, HD95 per region)."""
-    from cxrlab.tasks.brats.recipe import load_brats_config
+    from cxrlab.config.brats import load_brats_config
     from cxrlab.tasks.brats.train import train
 
     _quiet()
@@ -125,7 +125,7 @@ def predict_cmd(
     """Segment cases; write labels in each input's space and label convention, plus overlays."""
     from cxrlab.data.datasets.brats import BratsDataset, region_masks
     from cxrlab.errors import MissingFileError
-    from cxrlab.tasks.brats.predict import BratsPredictor, write_overlay, write_prediction
+    from cxrlab.inference.brats import BratsPredictor, write_overlay, write_prediction
 
     predictor = BratsPredictor.from_run_dir(run_dir, tta=tta)
     for folder in case_dirs:

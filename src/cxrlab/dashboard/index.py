@@ -24,6 +24,7 @@ Kinds (:data:`KINDS`), by the files that mark them:
 * ``seg_predictions`` — ``cxrlab seg predict`` output (``predictions.csv`` + ``masks/``);
 * ``mrnet`` — a knee-MRI MRNet run (declared in ``run.json``); its AUROCs are the combined
   (logistic-regression) model's per task on the held-out ``valid`` exams;
+* ``brats`` — a BraTS run (declared in ``run.json`` only; per-region Dice/HD95 from ``metrics.json``);
 * ``classification`` — anything else with ``config.yaml`` or ``status.json``.
 
 Nothing here raises on a bad run directory: a file that cannot be read or parsed makes
@@ -53,7 +54,7 @@ from cxrlab.runs.rundir import RunDir, read_run_json
 log = logging.getLogger(__name__)
 
 KINDS = ("classification", "study", "segmentation", "segmentation_cv", "screening", "explanation",
-         "localization", "seg_predictions", "mrnet")
+         "localization", "seg_predictions", "mrnet", "brats")
 SPLITS = ("valid", "test")
 CACHE_VERSION = 1
 """Version of the on-disk index format (a mismatch discards the saved copy)."""
@@ -325,10 +326,27 @@ def _read_mrnet(record: RunRecord, files: set[str]) -> None:
     record.mean_auroc[split] = sum(known) / len(known) if known else None
 
 
+def _read_brats(record: RunRecord, files: set[str]) -> None:
+    cfg = _read_config(record, files, ("model", "arch"))
+    record.tasks = ("WT", "TC", "ET")
+    record.loss = "dice+ce" if cfg else None
+    record.info["stages"] = (cfg.get("model") or {}).get("stages", 1) if cfg else None
+    if "split.json" in files:
+        split = _json(record.path / "split.json")
+        record.dataset = f"brats ({split.get('layout')})"
+    if not _has_results(record, files, "metrics.json"):
+        return
+    metrics = _json(record.path / "metrics.json")
+    record.info["n_cases"] = metrics.get("n_cases")
+    record.info["regions"] = {region: {k: _float(v) for k, v in (scores or {}).items()}
+                              for region, scores in (metrics.get("mean") or {}).items()}
+
+
 READERS = {"classification": _read_classification, "study": _read_study, "segmentation": _read_segmentation,
            "segmentation_cv": _read_segmentation_cv, "screening": _read_screening,
            "explanation": _read_explanation, "localization": _read_explanation,
-           "seg_predictions": _read_seg_predictions, "mrnet": _read_mrnet}
+           "seg_predictions": _read_seg_predictions, "mrnet": _read_mrnet,
+           "brats": _read_brats}
 
 
 def _declared_kind(path: Path, files: set[str]) -> str | None:

@@ -28,6 +28,7 @@ PAGES: dict[str, dict[str, Any]] = {
                      "kinds": ("segmentation", "segmentation_cv", "seg_predictions")},
     "screening": {"title": "Screening", "file": "screening.py", "kinds": ("screening",)},
     "mrnet": {"title": "Knee MRI (MRNet)", "file": "mrnet.py", "kinds": ("mrnet",)},
+    "brats": {"title": "BraTS", "file": "brats.py", "kinds": ("brats",)},
     "image": {"title": "Image", "file": "image.py", "kinds": None},
 }
 

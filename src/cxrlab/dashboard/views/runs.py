@@ -5,7 +5,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from cxrlab.dashboard.views.common import chart, data, run_index
+from cxrlab.dashboard.brats import runs_table as brats_runs_table
+from cxrlab.dashboard.views.common import chart, data, readable_frame, run_index
 
 MAX_CHART_RUNS = 40
 
@@ -84,3 +85,9 @@ if len(bad):
                "failed; see the state and problem columns.")
 st.dataframe(listing, hide_index=True, width="stretch",
              column_config={"mean_auroc": st.column_config.NumberColumn("mean AUROC", format="%.3f")})
+
+brats_records = [r for r in index.of_kind("brats") if r.readable]
+if brats_records:
+    st.subheader("BraTS runs — mean Dice and HD95 (mm) per region")
+    st.dataframe(readable_frame(brats_runs_table(brats_records)), hide_index=True, width="stretch")
+    st.page_link("views/brats.py", label="Per-case tables and the slice viewer →")

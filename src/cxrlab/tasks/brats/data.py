@@ -12,72 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cxrlab.data.datasets.brats import BratsDataset
+from cxrlab.config.brats import BratsConfig
+from cxrlab.data.brain import box_slices, downsample_image, downsample_mask, preprocess, tumour_box
+from cxrlab.data.datasets.brats import CANONICAL, BratsDataset
 from cxrlab.errors import ConfigError
-from cxrlab.tasks.brats.recipe import BratsConfig
 
 log = logging.getLogger(__name__)
 
-N_CLASSES = 4
+N_CLASSES = len(CANONICAL)
 """Canonical classes: background, NCR, ED, ET."""
-
-
-@dataclass
-class Cropped:
-    """A preprocessed case: channels cropped to the brain box and z-scored.
-
-    Attributes:
-        image: ``(4, x, y, z)`` float32.
-        label: ``(1, x, y, z)`` uint8 canonical classes, or None.
-        box_start, box_end: The crop in the full grid (``full[box_start:box_end]``).
-        full_shape: The case's grid.
-    """
-
-    image: np.ndarray
-    label: np.ndarray | None
-    box_start: tuple[int, int, int]
-    box_end: tuple[int, int, int]
-    full_shape: tuple[int, int, int]
-
-
-def brain_mask(image: np.ndarray) -> np.ndarray:
-    """Voxels non-zero in any channel (the data are skull-stripped)."""
-    return np.any(image != 0, axis=0)
-
-
-def preprocess(image: np.ndarray, label: np.ndarray | None = None) -> Cropped:
-    """Crop ``(C, X, Y, Z)`` to the brain's bounding box and z-score each channel over its brain voxels.
-
-    Uses MONAI's ``generate_spatial_bounding_box`` and ``NormalizeIntensity(nonzero=True,
-    channel_wise=True)``; voxels outside the brain stay 0. An empty image keeps the full grid.
-    """
-    from monai.transforms import NormalizeIntensity
-    from monai.transforms.utils import generate_spatial_bounding_box
-
-    full_shape = tuple(int(s) for s in image.shape[1:])
-    if np.any(image != 0):
-        start, end = generate_spatial_bounding_box(image, select_fn=lambda x: x != 0)
-    else:
-        start, end = [0, 0, 0], list(full_shape)
-    box = tuple(slice(int(s), int(e)) for s, e in zip(start, end))
-    cropped = np.ascontiguousarray(image[(slice(None), *box)], dtype=np.float32)
-    normalized = NormalizeIntensity(nonzero=True, channel_wise=True)(cropped)
-    normalized = np.asarray(normalized, dtype=np.float32)
-    cropped_label = None if label is None else np.ascontiguousarray(label[box][None].astype(np.uint8))
-    return Cropped(normalized, cropped_label, tuple(int(s) for s in start), tuple(int(e) for e in end), full_shape)
-
-
-def uncrop(cropped: np.ndarray, prep: Cropped, fill: int = 0) -> np.ndarray:
-    """Put a ``(x, y, z)`` array of the crop back into the case's full grid."""
-    full = np.full(prep.full_shape, fill, dtype=cropped.dtype)
-    full[tuple(slice(s, e) for s, e in zip(prep.box_start, prep.box_end))] = cropped
-    return full
+STAGES = ("full", "locator", "segmenter")
+"""What a cached case holds: the brain box (one stage), its downsampled version with the whole
+tumour as the target (two stages' locator), or the reference tumour box plus margin (segmenter)."""
 
 
 def open_dataset(cfg: BratsConfig) -> BratsDataset:
@@ -132,23 +83,43 @@ def split_cases(case_ids: list[str], shares: dict[str, float], seed: int) -> dic
 class LoadPreprocessed:
     """MONAI-style transform: ``{"case": id}`` -> ``{"case", "image", "label", "spacing"}``, cropped and z-scored.
 
+    ``stage`` (:data:`STAGES`): ``full`` keeps the brain box; ``locator`` downsamples it by
+    ``scale`` with the whole tumour (0/1) as the label; ``segmenter`` cuts the reference
+    tumour's box plus ``margin`` out of it (the brain box when the case has no tumour).
     Deterministic, so ``CacheDataset`` runs it once per case.
     """
 
-    def __init__(self, dataset: BratsDataset) -> None:
+    def __init__(self, dataset: BratsDataset, stage: str = "full", scale: int = 2, margin: int = 8) -> None:
+        if stage not in STAGES:
+            raise ConfigError("stage", f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
         self.dataset = dataset
+        self.stage, self.scale, self.margin = stage, scale, margin
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
         case = self.dataset.load(item["case"])
         if case.label is None:
             raise ConfigError(item["case"], "a training or validation case needs a segmentation")
         prep = preprocess(case.image, case.label)
-        return {"case": case.case_id, "image": prep.image, "label": prep.label,
-                "spacing": np.asarray(case.spacing, dtype=np.float32)}
+        image, label = prep.image, prep.label
+        spacing = np.asarray(case.spacing, dtype=np.float32)
+        if self.stage == "locator":
+            image = downsample_image(image, self.scale)
+            label = downsample_mask(label[0] > 0, self.scale)[None].astype(np.uint8)
+            spacing = spacing * self.scale
+        elif self.stage == "segmenter":
+            box = tumour_box(label[0] > 0, self.margin)
+            if box is not None:
+                region = box_slices(box)
+                image = np.ascontiguousarray(image[(slice(None), *region)])
+                label = np.ascontiguousarray(label[(slice(None), *region)])
+        return {"case": case.case_id, "image": image, "label": label, "spacing": spacing}
 
 
-def train_transforms(cfg: BratsConfig) -> Any:
-    """Load + preprocess (cached) -> pad to the patch -> label-class patches -> flips, intensity jitter."""
+def train_transforms(cfg: BratsConfig, n_classes: int = N_CLASSES) -> Any:
+    """Load + preprocess (cached) -> pad to the patch -> label-class patches -> flips, intensity jitter.
+
+    ``n_classes`` 2 (the locator) samples patch centres on background and tumour alike.
+    """
     from monai.transforms import (
         Compose,
         RandCropByLabelClassesd,
@@ -162,8 +133,9 @@ def train_transforms(cfg: BratsConfig) -> Any:
     patch = list(cfg.data.patch)
     return Compose([
         SpatialPadd(keys, spatial_size=patch),
-        RandCropByLabelClassesd(keys, label_key="label", spatial_size=patch, num_classes=N_CLASSES,
-                                ratios=list(cfg.data.class_ratios), num_samples=cfg.data.samples_per_case,
+        RandCropByLabelClassesd(keys, label_key="label", spatial_size=patch, num_classes=n_classes,
+                                ratios=list(cfg.data.class_ratios) if n_classes == N_CLASSES else [1.0] * n_classes,
+                                num_samples=cfg.data.samples_per_case,
                                 warn=False),
         RandFlipd(keys, prob=0.5, spatial_axis=0),
         RandFlipd(keys, prob=0.5, spatial_axis=1),
@@ -173,18 +145,22 @@ def train_transforms(cfg: BratsConfig) -> Any:
     ])
 
 
-def cached_dataset(cfg: BratsConfig, dataset: BratsDataset, case_ids: list[str], random: Any = None) -> Any:
-    """A MONAI dataset over ``case_ids``: preprocessing cached, ``random`` transforms applied per visit."""
+def cached_dataset(cfg: BratsConfig, dataset: BratsDataset, case_ids: list[str], random: Any = None,
+                   stage: str = "full") -> Any:
+    """A MONAI dataset over ``case_ids``: preprocessing (for ``stage``) cached, ``random`` transforms per visit.
+
+    A ``PersistentDataset`` keeps each stage in a sub-folder of ``data.cache`` of its own.
+    """
     from monai.data import CacheDataset, Dataset, PersistentDataset
     from monai.transforms import Compose
 
-    load = LoadPreprocessed(dataset)
+    load = LoadPreprocessed(dataset, stage, cfg.model.locator_scale, cfg.model.margin)
     items = [{"case": c} for c in case_ids]
     if cfg.data.cache == "memory":
         cached = CacheDataset(items, transform=load, cache_rate=1.0, num_workers=max(int(cfg.data.num_workers), 1),
                               progress=False)
     else:
-        cached = PersistentDataset(items, transform=load, cache_dir=cfg.data.cache)
+        cached = PersistentDataset(items, transform=load, cache_dir=Path(cfg.data.cache) / stage)
     if random is None:
         return cached
     return Dataset(cached, transform=Compose([random]) if not isinstance(random, Compose) else random)

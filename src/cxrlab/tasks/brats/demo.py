@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrlab.data.datasets.brats import REGIONS, BratsDataset
-from cxrlab.tasks.brats.recipe import BratsConfig, config_from_mapping
+from cxrlab.config.brats import BratsConfig, config_from_mapping
 from cxrlab.utils import atomic_write_json, atomic_write_text
 
 DEMO_RECIPE: dict[str, Any] = {

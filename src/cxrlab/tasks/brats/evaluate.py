@@ -18,7 +18,7 @@ import yaml
 from cxrlab.data.datasets.brats import REGIONS, BratsDataset, region_masks
 from cxrlab.errors import ConfigError, MissingFileError
 from cxrlab.metrics.brats import BratsMetric
-from cxrlab.tasks.brats.recipe import BratsConfig, config_from_mapping
+from cxrlab.config.brats import BratsConfig, config_from_mapping
 from cxrlab.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def evaluate_run(run_dir: str | Path, cfg: BratsConfig | None = None, dataset: B
         ConfigError: The split has no case with a segmentation.
     """
     from cxrlab.tasks.brats.data import open_dataset
-    from cxrlab.tasks.brats.predict import (
+    from cxrlab.inference.brats import (
         BratsPredictor,
         write_overlay,
         write_prediction,

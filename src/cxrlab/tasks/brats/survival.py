@@ -22,7 +22,7 @@ import yaml
 
 from cxrlab.data.datasets.brats import BratsCase, region_masks
 from cxrlab.errors import ConfigError, MissingFileError
-from cxrlab.tasks.brats.recipe import SurvivalConfig, config_from_mapping
+from cxrlab.config.brats import SurvivalConfig, config_from_mapping
 from cxrlab.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def survival_run(run_dir: str | Path, source: str | None = None) -> dict[str, An
         ConfigError: The dataset has no survival CSV or too few usable cases.
     """
     from cxrlab.tasks.brats.data import open_dataset
-    from cxrlab.tasks.brats.predict import BratsPredictor
+    from cxrlab.inference.brats import BratsPredictor
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():

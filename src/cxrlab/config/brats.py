@@ -1,4 +1,9 @@
-"""The BraTS recipe: frozen dataclasses over cxrlab's recipe helpers (load, save, ``key=value``)."""
+"""The BraTS recipe (seed 004, Weninger et al. 2018): frozen dataclasses over cxrlab's recipe machinery.
+
+Choices are ``typing.Literal`` fields, checked when the recipe loads with a "did you mean"
+hint (:func:`cxrlab.config.base.build`); the output section is the shared
+:class:`~cxrlab.config.OutputConfig`.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,19 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import Any, Literal
 
 from cxrlab.config import OutputConfig, apply_overrides, read_recipe
 from cxrlab.config.base import Recipe, build
 from cxrlab.errors import ConfigError
-from cxrlab.utils import atomic_write_text
 
-ARCHS = ("unet", "dynunet")
-REGRESSORS = ("random_forest", "gradient_boosting", "linear", "svr")
-SURVIVAL_SOURCES = ("predicted", "reference")
+Arch = Literal["unet", "dynunet"]
+Regressor = Literal["random_forest", "gradient_boosting", "linear", "svr"]
+SurvivalSource = Literal["predicted", "reference"]
+BlendMode = Literal["gaussian", "constant"]
+OnError = Literal["raise", "skip"]
+Precision = Literal["32", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true"]
+SURVIVAL_FEATURES = ("age", "distance_mm", "wt_ml", "tc_ml", "et_ml")
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ class BratsDataConfig:
     num_workers: int = 4
     cache: str = "memory"
     max_cases: int | None = None
-    on_error: str = "raise"
+    on_error: OnError = "raise"
 
 
 @dataclass(frozen=True)
@@ -70,13 +76,21 @@ class BratsModelConfig:
         strides: Downsampling per level (one fewer than ``channels``).
         num_res_units: Residual units per block (``unet``; 0 = plain conv blocks as in Weninger).
         dropout: Dropout.
+        stages: 1 = one network segments the brain box; 2 = Weninger's two stages: a locator
+            (same architecture, two classes) finds the whole tumour on the brain box downsampled
+            by ``locator_scale``, and the segmenter works inside the located box plus ``margin``.
+        locator_scale: Downsampling factor of the locator's input (``stages: 2``).
+        margin: Voxels added on each side of the located tumour box (``stages: 2``).
     """
 
-    arch: str = "unet"
+    arch: Arch = "unet"
     channels: tuple[int, ...] = (32, 64, 128, 256)
     strides: tuple[int, ...] = (2, 2, 2)
     num_res_units: int = 0
     dropout: float = 0.0
+    stages: Literal[1, 2] = 1
+    locator_scale: int = 2
+    margin: int = 8
 
 
 @dataclass(frozen=True)
@@ -100,7 +114,7 @@ class BratsTrainConfig:
     weight_decay: float = 0.0
     lambda_dice: float = 1.0
     lambda_ce: float = 1.0
-    precision: str = "32"
+    precision: Precision = "32"
     accelerator: str = "auto"
     devices: Any = "auto"
     strategy: str = "auto"
@@ -122,7 +136,7 @@ class BratsInferenceConfig:
 
     overlap: float = 0.5
     sw_batch_size: int = 2
-    mode: str = "gaussian"
+    mode: BlendMode = "gaussian"
     tta: bool = False
 
 
@@ -141,9 +155,9 @@ class SurvivalConfig:
         options: Keyword arguments of the regressor.
     """
 
-    regressor: str = "random_forest"
-    features: tuple[str, ...] = ("age", "distance_mm", "wt_ml", "tc_ml", "et_ml")
-    source: str = "predicted"
+    regressor: Regressor = "random_forest"
+    features: tuple[str, ...] = SURVIVAL_FEATURES
+    source: SurvivalSource = "predicted"
     folds: int = 5
     seed: int = 0
     gtr_only: bool = True
@@ -177,13 +191,7 @@ class BratsConfig(Recipe):
 
 
 def _check(cfg: BratsConfig) -> BratsConfig:
-    choices = [("model.arch", cfg.model.arch, ARCHS), ("survival.regressor", cfg.survival.regressor, REGRESSORS),
-               ("survival.source", cfg.survival.source, SURVIVAL_SOURCES),
-               ("inference.mode", cfg.inference.mode, ("gaussian", "constant")),
-               ("data.on_error", cfg.data.on_error, ("raise", "skip"))]
-    for where, value, allowed in choices:
-        if value not in allowed:
-            raise ConfigError(where, f"unknown value {value!r}; choose from {', '.join(allowed)}")
+    """Checks across fields that the types cannot state."""
     if len(cfg.model.strides) != len(cfg.model.channels) - 1:
         raise ConfigError("model.strides", f"needs {len(cfg.model.channels) - 1} values (one fewer than channels)")
     factor = 1
@@ -192,7 +200,9 @@ def _check(cfg: BratsConfig) -> BratsConfig:
     bad = [p for p in cfg.data.patch if p % factor]
     if bad:
         raise ConfigError("data.patch", f"{list(cfg.data.patch)} must be multiples of {factor} (product of strides)")
-    unknown = sorted(set(cfg.survival.features) - {"age", "distance_mm", "wt_ml", "tc_ml", "et_ml"})
+    if cfg.model.locator_scale < 1 or cfg.model.margin < 0:
+        raise ConfigError("model.locator_scale", "locator_scale must be >= 1 and margin >= 0")
+    unknown = sorted(set(cfg.survival.features) - set(SURVIVAL_FEATURES))
     if unknown or not cfg.survival.features:
         raise ConfigError("survival.features", f"unknown feature(s) {unknown}")
     return cfg
@@ -224,6 +234,6 @@ def load_brats_config(path: str | Path, overrides: Sequence[str] = ()) -> BratsC
     return cfg
 
 
-def save_brats_config(cfg: BratsConfig, path: str | Path) -> None:
+def save_brats_config(cfg: BratsConfig, path: str | Path) -> Path:
     """Write the resolved recipe as YAML, atomically."""
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return cfg.save(path)
