@@ -253,8 +253,19 @@ def test_batches_through_workers_and_augment_per_item(boxes, cache):
     expected = _collated_per_item(ds, [0, 1, 2])
     torch.testing.assert_close(batches[0]["image"], expected["image"], rtol=0, atol=0)
     assert [b["index"].tolist() for b in batches] == [[0, 1, 2], [3, 4]]
-    stamped = ImageDataset(boxes, CFG, normalization="unit", cache=cache, augment=_SeedStamp())
-    items = stamped.__getitems__([0, 1])  # augmentation stays per item (albumentations)
-    assert not hasattr(items, "collated")
-    torch.manual_seed(5)
-    assert round(float(collate_items(stamped.__getitems__([0, 1]))["image"].max()) * 255) == 5
+
+
+
+def test_augmented_batches_equal_augmented_items(boxes, cache):
+    """Augmentation stays per item, in the sampler's order, through the same albumentations
+    draws: a batch equals the items of a twin dataset with an identically seeded augment."""
+    twins = [ImageDataset(boxes, CFG, channels=3, cache=cache, with_masks=True,
+                          augment=default_train_augment("segmentation", seed=3))
+             for _ in range(2)]
+    torch.manual_seed(11)
+    expected = _collated_per_item(twins[0], [4, 1, 2, 0])
+    got = collate_items(twins[1].__getitems__([4, 1, 2, 0]))
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, equal_nan=True)
+    plain = _collated_per_item(ImageDataset(boxes, CFG, channels=3, cache=cache), [4, 1, 2, 0])
+    assert not torch.equal(got["image"], plain["image"])  # the augment did act

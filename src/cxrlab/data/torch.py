@@ -150,14 +150,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         i = int(self.indices[k])
-        image, mask, known = self._load(i)
-        if self.augment is not None:
-            self._reseed_augment()
-            out = (self.augment(image=image, mask=mask) if mask is not None
-                   else self.augment(image=image))
-            image = out["image"]
-            if mask is not None:
-                mask = out["mask"]
+        image, mask, known = self._augmented(i)
         image = np.ascontiguousarray(image)
         item: dict[str, Any] = {
             "image": (to_tensor(image, channels=self.channels, normalization=self.normalization)
@@ -173,14 +166,16 @@ class ImageDataset(Dataset):
     def __getitems__(self, ks: Sequence[int]) -> list[dict[str, Any]]:
         """The items ``ks`` (what a DataLoader's batch sampler asks for), as a list.
 
-        Without a cache or with augmentation, item by item (:meth:`__getitem__`).
-        Otherwise the whole batch at once: the rows are read in file order (sequential
-        reads on a cold cache, read-ahead per block as in :meth:`_load`) and each image is
-        normalized straight into one batch tensor. The list then carries that batch as
-        ``collated``, which :func:`collate_items` returns as it is; ``default_collate``
-        stacks the items into equal tensors.
+        Without a cache, item by item (:meth:`__getitem__`: decoding dominates). With
+        one, the batch is built whole: each image is read (without augmentation in file
+        order, so a cold cache is read sequentially, with read-ahead per block as in
+        :meth:`_load`; with it in the sampler's order, each item through the augment
+        exactly as :meth:`__getitem__` does) and normalized with one lookup-table pass
+        straight into one batch tensor. The list carries that batch as ``collated``,
+        which :func:`collate_items` returns as it is; ``default_collate`` stacks the
+        items into equal tensors.
         """
-        if self.cache is None or self.augment is not None:
+        if self.cache is None:
             return [self[k] for k in ks]
         rows = self.indices[np.asarray(ks, dtype=np.int64)]
         n, size = len(rows), self.cache.size
@@ -190,29 +185,29 @@ class ImageDataset(Dataset):
         table = _normalization_table(self.normalization, self.channels)
         masks = (_batch_tensor((n, 1, size, size), torch.float32) if self.with_masks
                  else None)
-        for k in np.argsort(rows, kind="stable"):
-            i = int(rows[k])
-            if self.read_block:
-                self.cache.prefetch_block(i, self.read_block)
-            source = self.cache.images[i]
+        known = np.zeros(n, dtype=bool)
+        visit = np.argsort(rows, kind="stable") if self.augment is None else range(n)
+        for k in visit:
+            image, mask, known[k] = self._augmented(int(rows[k]), view=self.augment is None)
+            image = np.ascontiguousarray(image)
             if self.normalize:
                 for c in range(self.channels):
-                    cv2.LUT(source, table[c], dst=out[k, c])
+                    cv2.LUT(image, table[c], dst=out[k, c])
             else:
-                out[k, 0] = source
+                out[k, 0] = image
             if masks is not None:
-                masks.numpy()[k, 0] = self.cache.masks[i]
+                masks.numpy()[k, 0] = mask
         index = torch.from_numpy(rows.copy())
         collated: dict[str, Any] = {"image": images, "labels": self._labels[index],
                                     "index": index}
         if masks is not None:
-            collated["mask"] = masks
-            collated["mask_known"] = torch.from_numpy(self.cache.mask_known[rows] != 0)
-        items = [{key: (value[k] if key != "index" else int(rows[k]))
-                  for key, value in collated.items()} for k in range(n)]
-        for item in items:
-            if "mask_known" in item:
-                item["mask_known"] = bool(item["mask_known"])
+            collated.update(mask=masks, mask_known=torch.from_numpy(known))
+        items = []
+        for k in range(n):
+            item = {"image": images[k], "labels": collated["labels"][k], "index": int(rows[k])}
+            if masks is not None:
+                item.update(mask=masks[k], mask_known=bool(known[k]))
+            items.append(item)
         return ItemBatch(items, collated)
 
     def normalize_on_device(self, images: torch.Tensor) -> torch.Tensor:
@@ -226,15 +221,30 @@ class ImageDataset(Dataset):
             return images
         return normalize_batch(images, self.channels, self.normalization)
 
-    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray | None, bool]:
-        """uint8 image, uint8 0/1 mask (or ``None`` without masks) and whether it is known."""
+    def _augmented(self, i: int, view: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        """:meth:`_load`, then the augment (if any)."""
+        image, mask, known = self._load(i, view)
+        if self.augment is not None:
+            self._reseed_augment()
+            out = (self.augment(image=image, mask=mask) if mask is not None
+                   else self.augment(image=image))
+            image = out["image"]
+            if mask is not None:
+                mask = out["mask"]
+        return image, mask, known
+
+    def _load(self, i: int, view: bool = False) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        """uint8 image, uint8 0/1 mask (or ``None`` without masks) and whether it is known;
+        ``view``: read-only views of the cache instead of copies."""
         if self.cache is not None:
             if self.read_block:
                 self.cache.prefetch_block(i, self.read_block)
-            image = np.array(self.cache.images[i])
+            take = (lambda a: a) if view else np.array
+            image = take(self.cache.images[i])
             if not self.with_masks:
                 return image, None, False
-            return image, np.array(self.cache.masks[i]), bool(self.cache.mask_known[i])
+            return image, take(self.cache.masks[i]), bool(self.cache.mask_known[i])
         pixels = self.dataset.image(i).pixels
         if not self.with_masks:
             return preprocess(pixels, self.cfg), None, False
