@@ -185,49 +185,85 @@ def resident_share(path: Path) -> float:
     return sum(v & 1 for v in vec) / pages
 
 
-def _count(batch: list[dict]) -> int:
-    """Collate as training does (stack the images), return the batch size."""
+class PerItem:
+    """The dataset item by item (no ``__getitems__``): the loader before batched reads."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, k: int) -> dict:
+        return self.dataset[k]
+
+
+#: Loader variants: (order, read path). "per-item": __getitem__ per item + default_collate
+#: (the loader as the issue measured it); "batched": __getitems__ + collate_items (float32
+#: normalized batches, what training gets today); "uint8": batched, normalize=False (the
+#: loader's share when the consumer normalizes on the GPU: normalize_on_device, not timed).
+LOADERS = (("warm", "random", "batched"), ("warm", "quasi", "batched"),
+           ("cold", "random", "per-item"), ("cold", "random", "batched"),
+           ("cold", "quasi", "per-item"), ("cold", "quasi", "batched"),
+           ("cold", "quasi", "uint8"))
+
+
+def loader_rate(cache_dir: Path, data_root: Path, items: int, workers: int, order_kind: str,
+                read: str, cold: bool) -> dict:
+    """Items/s of a DataLoader (batch 40, 3 channels, ImageNet normalization) whose batches
+    reach the main process, as in training."""
+    import numpy as np
     import torch
-
-    return int(torch.stack([item["image"] for item in batch]).shape[0])
-
-
-def loader_rate(cache_dir: Path, data_root: Path, size: int, items: int, workers: int,
-                quasi: bool, cold: bool) -> dict:
-    import torch
+    from torch.utils.data._utils.collate import default_collate
 
     from cxrlab.data.cache import IMAGES, ResolutionCache
     from cxrlab.data.datasets import load_dataset
     from cxrlab.data.samplers import BlockShuffleSampler, block_items
-    from cxrlab.data.torch import ImageDataset
+    from cxrlab.data.torch import ImageDataset, collate_items
     from cxrlab.engine.callbacks import EpochShuffleSampler
 
+    quasi = order_kind == "quasi"
     dataset = load_dataset("chexpert", csv=data_root / "CheXpert-v1.0-small" / "train.csv",
                            root=data_root, check_files=False)
     cache = ResolutionCache.open(cache_dir)
     block = block_items(cache.item_bytes) if quasi else None
     ds = ImageDataset(dataset, cache.cfg, channels=3, normalization="imagenet", cache=cache,
-                      read_block=block)
+                      read_block=block, normalize=read != "uint8")
     if quasi:
         sampler = BlockShuffleSampler(len(ds), block, seed=0)
     else:
         sampler = EpochShuffleSampler(len(ds), 0)
     order = list(iter(sampler))[:items]
     file = cache_dir / IMAGES
-    if cold:
-        drop_pages(file)
-    else:
-        with open(file, "rb") as fh:
-            while fh.read(64 << 20):
-                pass
+    drop_pages(file)
+    if not cold:  # the items of this run read once first
+        for i in np.sort(order):
+            int(cache.images[i].max())
     before = resident_share(file)
-    loader = torch.utils.data.DataLoader(ds, batch_size=40, sampler=order, num_workers=workers,
-                                         collate_fn=_count)
+    loader = torch.utils.data.DataLoader(
+        PerItem(ds) if read == "per-item" else ds, batch_size=40, sampler=order,
+        num_workers=workers, persistent_workers=False,
+        collate_fn=default_collate if read == "per-item" else collate_items)
     start = time.perf_counter()
-    seen = sum(loader)
+    seen = 0
+    for batch in loader:
+        seen += int(batch["image"].shape[0])
     seconds = time.perf_counter() - start
-    return {"items": seen, "items_per_s": round(seen / seconds, 1),
+    return {"items": seen, "items_per_s": round(seen / seconds, 1), "read": read,
             "resident_before": round(before, 3), "block_items": block}
+
+
+def measure_loaders(out: dict, label: str, cache_dir: Path, data_root: Path, n: int,
+                    args: argparse.Namespace) -> None:
+    items = min(n, args.loader_items)
+    for temp, order_kind, read in LOADERS:
+        name = f"loader_{temp}_{order_kind}" + ("" if read == "batched" else f"_{read}")
+        out[name] = loader_rate(cache_dir, data_root, items, args.loader_workers, order_kind,
+                                read, temp == "cold")
+        print(f"[{label}] {name}: {out[name]}", flush=True)
+    quasi = out["loader_cold_quasi"]["items_per_s"]
+    out["cold_ratio"] = round(quasi / out["loader_cold_random_per-item"]["items_per_s"], 2)
+    out["cold_ratio_batched_random"] = round(quasi / out["loader_cold_random"]["items_per_s"], 2)
 
 
 def run_size(rows: int | None, args: argparse.Namespace, phantoms: list[Path],
@@ -283,34 +319,52 @@ def run_size(rows: int | None, args: argparse.Namespace, phantoms: list[Path],
     print(f"[{label}] start-up {out['startup_s']:.1f} s (prepare_data "
           f"{out['startup_prepare_s']} s), moved data {out['moved_s']:.1f} s", flush=True)
 
-    items = min(n, args.loader_items)
-    for name, quasi, cold in (("warm_random", False, False), ("warm_quasi", True, False),
-                              ("cold_random", False, True), ("cold_quasi", True, True)):
-        out[f"loader_{name}"] = loader_rate(cache_dir, data_root, args.size, items,
-                                            args.loader_workers, quasi, cold)
-        print(f"[{label}] loader {name}: {out[f'loader_{name}']}", flush=True)
-    out["cold_ratio"] = round(out["loader_cold_quasi"]["items_per_s"]
-                              / out["loader_cold_random"]["items_per_s"], 2)
+    measure_loaders(out, label, cache_dir, data_root, n, args)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return out
 
 
+def loaders_only(rows: int | None, args: argparse.Namespace) -> dict:
+    """The loader measurements alone, on a replica and cache kept by an earlier ``--keep``."""
+    label = "all" if rows is None else str(rows)
+    work = Path(args.work) / label
+    data_root = work / "data"
+    cache_dir = work / "runs" / "cache" / f"train-{args.size}"
+    if not (cache_dir / "manifest.json").is_file():
+        raise SystemExit(f"no cache at {cache_dir}: run once with --keep first")
+    n = sum(1 for _ in open(data_root / "CheXpert-v1.0-small" / "train.csv")) - 1
+    out: dict = {"rows": n}
+    measure_loaders(out, label, cache_dir, data_root, n, args)
+    return out
+
+
+def _rate(r: dict, name: str) -> str:
+    return f"{r[name]['items_per_s']:.0f}" if name in r else "-"
+
+
 def table(results: list[dict]) -> str:
     lines = ["| rows | stats s | cache build s (img/s) | cache GB | re-run s | incremental s "
-             "(files) | start-up s (prepare_data) | moved data s | loader warm random / "
-             "quasi items/s | loader cold random / quasi items/s | cold ratio |",
-             "|---" * 11 + "|"]
+             "(files) | start-up s (prepare_data) | moved data s |",
+             "|---" * 8 + "|"]
     for r in results:
+        if "stats_s" not in r:
+            continue
         lines.append(
             f"| {r['rows']:,} | {r['stats_s']:.1f} | {r['cache_build_s']:.0f} "
             f"({r['cache_images_per_s']:.0f}) | {r['cache_gb']} | {r['rerun_s']:.1f} | "
             f"{r['incremental_s']:.1f} ({r['incremental_processed']}) | {r['startup_s']:.1f} "
-            f"({r['startup_prepare_s']:.1f}) | {r['moved_s']:.1f} | "
-            f"{r['loader_warm_random']['items_per_s']:.0f} / "
-            f"{r['loader_warm_quasi']['items_per_s']:.0f} | "
-            f"{r['loader_cold_random']['items_per_s']:.0f} / "
-            f"{r['loader_cold_quasi']['items_per_s']:.0f} | {r['cold_ratio']}x |")
+            f"({r['startup_prepare_s']:.1f}) | {r['moved_s']:.1f} |")
+    lines += ["", "| rows | warm random / quasi | cold random per-item / batched | cold quasi "
+              "per-item / batched / uint8 | cold ratio (quasi batched / random per-item) |",
+              "|---" * 5 + "|"]
+    for r in results:
+        lines.append(
+            f"| {r['rows']:,} | {_rate(r, 'loader_warm_random')} / "
+            f"{_rate(r, 'loader_warm_quasi')} | {_rate(r, 'loader_cold_random_per-item')} / "
+            f"{_rate(r, 'loader_cold_random')} | {_rate(r, 'loader_cold_quasi_per-item')} / "
+            f"{_rate(r, 'loader_cold_quasi')} / {_rate(r, 'loader_cold_quasi_uint8')} | "
+            f"{r.get('cold_ratio', '-')}x |")
     return "\n".join(lines)
 
 
@@ -326,9 +380,31 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/cxrlab-full-scale")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--keep", action="store_true", help="keep the replica and caches")
+    parser.add_argument("--loader-only", action="store_true",
+                        help="only the loader rows, on replicas kept by --keep; merged into "
+                             "--json's entries of the same size")
     args = parser.parse_args()
     env = dict(os.environ)
     env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parent.parent / "src"))
+    if args.loader_only:
+        previous = (json.loads(Path(args.json).read_text())
+                    if args.json and Path(args.json).is_file() else [])
+        results = []
+        for rows in args.rows:
+            fresh = loaders_only(None if rows == "all" else int(rows), args)
+            entry = next((r for r in previous if r["rows"] == fresh["rows"]), None)
+            if entry is None:
+                previous.append(fresh)
+                entry = fresh
+            else:
+                for key in [k for k in entry if k.startswith(("loader_", "cold_ratio"))]:
+                    del entry[key]  # the old loader's rows: replaced, not mixed
+                entry.update(fresh)
+            results.append(entry)
+            if args.json:
+                Path(args.json).write_text(json.dumps(previous, indent=2) + "\n")
+        print(table(results))
+        return
     phantoms = write_phantoms(Path(args.work) / "phantoms", args.phantoms)
     results = []
     for rows in args.rows:

@@ -13,7 +13,7 @@ import torch
 
 from cxrlab.data.cache import build_cache
 from cxrlab.data.datasets.base import XrayDataset
-from cxrlab.data.torch import ImageDataset, default_train_augment
+from cxrlab.data.torch import ImageDataset, collate_items, default_train_augment, normalize_batch
 from cxrlab.data.transforms import PreprocessConfig, preprocess, to_tensor
 from cxrlab.errors import CacheError, ConfigError, SkipLog
 
@@ -197,3 +197,75 @@ def test_each_loader_worker_reseeds_the_augment(boxes, cache):
     for seed in (7, 8, 7):
         torch.manual_seed(seed)
         assert round(float(ds[0]["image"].max()) * 255) == seed
+
+
+# ------------------------------------------------------------ batched reads (__getitems__)
+
+def _collated_per_item(ds: ImageDataset, ks: list[int]) -> dict:
+    return torch.utils.data.default_collate([ds[k] for k in ks])
+
+
+@pytest.mark.parametrize("channels, normalization", [(3, "imagenet"), (1, "imagenet"),
+                                                     (3, "xrv"), (1, "unit")])
+def test_batched_items_equal_per_item_bit_for_bit(boxes, cache, channels, normalization):
+    ds = ImageDataset(boxes, CFG, channels=channels, normalization=normalization, cache=cache,
+                      with_masks=True, read_block=2, indices=[1, 0, 4, 2, 3])
+    ks = [3, 0, 4, 1]  # rows 2, 1, 3, 0: out of file order; the batch keeps the sampler's
+    expected = _collated_per_item(ds, ks)
+    items = ds.__getitems__(ks)
+    for got in (collate_items(items), torch.utils.data.default_collate(items)):
+        assert got.keys() == expected.keys()
+        for key in expected:
+            assert got[key].dtype == expected[key].dtype, key
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, equal_nan=True)
+    assert got["index"].tolist() == [2, 1, 3, 0]
+    assert got["mask_known"].tolist() == [True, True, False, True]  # row 3 has no mask
+
+
+def test_uint8_batches_normalized_on_device_equal_float_batches(boxes, cache):
+    float_ds = ImageDataset(boxes, CFG, channels=3, cache=cache)
+    uint8_ds = ImageDataset(boxes, CFG, channels=3, cache=cache, normalize=False)
+    batch = collate_items(uint8_ds.__getitems__([2, 0, 1]))
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (3, 1, 32, 32)
+    assert uint8_ds[2]["image"].dtype == torch.uint8  # the item path agrees
+    torch.testing.assert_close(uint8_ds.normalize_on_device(batch["image"]),
+                               _collated_per_item(float_ds, [2, 0, 1])["image"], rtol=0, atol=0)
+    same = float_ds.normalize_on_device(batch["image"])  # already normalized: unchanged
+    assert same is batch["image"]
+    with pytest.raises(ConfigError, match="uint8"):
+        normalize_batch(batch["image"].float())
+
+
+@pytest.mark.parametrize("channels, normalization", [(1, n) for n in ("imagenet", "xrv", "unit")]
+                         + [(3, "imagenet")])
+def test_normalize_batch_matches_to_tensor_on_every_gray_level(channels, normalization):
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    expected = to_tensor(levels, channels=channels, normalization=normalization)
+    got = normalize_batch(torch.from_numpy(levels)[None], channels, normalization)
+    torch.testing.assert_close(got[0], expected, rtol=0, atol=0)
+
+
+def test_batches_through_workers_and_augment_per_item(boxes, cache):
+    ds = ImageDataset(boxes, CFG, channels=3, cache=cache, with_masks=True)
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1,
+                                         collate_fn=collate_items)
+    batches = list(loader)  # shared-memory batches from a worker reach the main process
+    expected = _collated_per_item(ds, [0, 1, 2])
+    torch.testing.assert_close(batches[0]["image"], expected["image"], rtol=0, atol=0)
+    assert [b["index"].tolist() for b in batches] == [[0, 1, 2], [3, 4]]
+
+
+
+def test_augmented_batches_equal_augmented_items(boxes, cache):
+    """Augmentation stays per item, in the sampler's order, through the same albumentations
+    draws: a batch equals the items of a twin dataset with an identically seeded augment."""
+    twins = [ImageDataset(boxes, CFG, channels=3, cache=cache, with_masks=True,
+                          augment=default_train_augment("segmentation", seed=3))
+             for _ in range(2)]
+    torch.manual_seed(11)
+    expected = _collated_per_item(twins[0], [4, 1, 2, 0])
+    got = collate_items(twins[1].__getitems__([4, 1, 2, 0]))
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0, equal_nan=True)
+    plain = _collated_per_item(ImageDataset(boxes, CFG, channels=3, cache=cache), [4, 1, 2, 0])
+    assert not torch.equal(got["image"], plain["image"])  # the augment did act

@@ -1,4 +1,8 @@
-"""``cxrlab data rle decode|encode``: Kaggle SIIM run-length encoded masks <-> PNG."""
+"""``cxrlab data rle decode|encode``: Kaggle SIIM run-length encoded masks <-> PNG.
+
+The image readers and writers (OpenCV, Pillow, pydicom behind :mod:`cxrlab.io`) are
+imported by the command bodies, so ``cxrlab data rle --help`` starts light.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,6 @@ import typer
 
 from cxrlab.cli.errors import user_errors
 from cxrlab.errors import InputError
-from cxrlab.io.image import read_mask
-from cxrlab.io.rle import masks_union, read_rle_csv, rle_encode
-from cxrlab.io.write import write_png
 
 rle_app = typer.Typer(help="Kaggle SIIM run-length encoded masks (train-rle.csv format).",
                       no_args_is_help=True)
@@ -27,6 +28,9 @@ def decode(
     height: int = typer.Option(1024, "--height", min=1, help="Image height (rows)."),
 ) -> None:
     """Write the union of an image's RLE masks as a PNG in image orientation."""
+    from cxrlab.io.rle import masks_union, read_rle_csv
+    from cxrlab.io.write import write_png
+
     rles = read_rle_csv(csv).get(image_id.strip())
     if rles is None:
         raise InputError(csv, f"image id {image_id!r} not found in the RLE CSV")
@@ -42,6 +46,9 @@ def encode(
     mask: Path = typer.Argument(..., help="Mask image (PNG); nonzero pixels are inside."),
 ) -> None:
     """Print a mask image's Kaggle SIIM RLE ('-1' when empty)."""
+    from cxrlab.io.image import read_mask
+    from cxrlab.io.rle import rle_encode
+
     typer.echo(rle_encode(read_mask(mask)))
 
 

@@ -21,7 +21,7 @@ from rich.table import Table
 from cxrlab.cli._datasets import (csv_option, dataset_option, extra_option,
                                   open_dataset_from_cli, root_option)
 from cxrlab.cli.errors import user_errors
-from cxrlab.data.labels import POLICIES, parse_policies
+from cxrlab.data.policies import POLICIES
 
 console = Console()
 err_console = Console(stderr=True)
@@ -64,6 +64,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Per-class counts: labelled (n), positive, negative (and uncertain for
         multiclass classes) after the policy."""
+        from cxrlab.data.labels import parse_policies
+
         specs = list(policy or [])
         parse_policies(specs)  # syntax errors before the (slow) CSV parse
         data = open_dataset_from_cli(dataset, csv, root, option, policy=specs or None,

@@ -11,25 +11,12 @@ from cxrlab import __version__
 from cxrlab.cli._lazy import Lazy, lazy_group
 
 
-def _metrics_app() -> typer.Typer:
-    """``cxrlab metrics`` with the segmentation scores added."""
-    from cxrlab.cli import metrics, metrics_segmentation
-
-    if "segmentation" not in {c.name for c in metrics.app.registered_commands}:
-        metrics_segmentation.register_segmentation_metrics(metrics.app)
-    if "brats" not in {c.name for c in metrics.app.registered_commands}:
-        from cxrlab.cli import brats
-
-        brats.register_brats_metrics(metrics.app)
-    return metrics.app
-
-
 #: Every sub-command, imported only when it runs (see cxrlab.cli._lazy); one line each.
 COMMANDS = {
     "data": Lazy("cxrlab.cli.data", "app", "Datasets: statistics, RLE masks, preprocessing, "
                                            "caches, phantoms."),
-    "metrics": Lazy("cxrlab.cli.main", "_metrics_app", "Score predictions from a CSV or mask "
-                                                       "folders.", kind="factory"),
+    "metrics": Lazy("cxrlab.cli.metrics", "app", "Score predictions from a CSV or mask "
+                                                 "folders."),
     "model": Lazy("cxrlab.cli.model", "app", "Model architectures: parameter counts and "
                                              "features."),
     "study": Lazy("cxrlab.cli.study", "app", "Scaling studies (seed 001): run the grid, then "

@@ -1,4 +1,9 @@
-"""``cxrlab metrics ...``: score predictions made anywhere."""
+"""``cxrlab metrics ...``: score predictions made anywhere.
+
+Each metric command is imported when it runs (see :mod:`cxrlab.cli._lazy`), and pandas
+and the metric code only by the command body, so ``cxrlab metrics --help`` and each
+command's ``--help`` start without pandas, scipy or torch.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,35 @@ import json
 import math
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from cxrlab.cli._lazy import Lazy, lazy_group
 from cxrlab.cli.errors import user_errors
 from cxrlab.errors import CSVFormatError, LabelValueError, MissingFileError
-from cxrlab.metrics.classification import binary_summary
 
-app = typer.Typer(help="Score predictions from a CSV or mask folders.", no_args_is_help=True)
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: The metric commands, imported only when they run; one line each.
+COMMANDS = {
+    "classification": Lazy("cxrlab.cli.metrics", "register_classification_metrics",
+                           "AUROC with DeLong 95% CI, and sensitivity/specificity at Youden's "
+                           "threshold.", kind="register"),
+    "segmentation": Lazy("cxrlab.cli.metrics_segmentation", "register_segmentation_metrics",
+                         "Dice per image (competition score), global Dice and IoU of PNG masks "
+                         "with matching names.", kind="register"),
+    "brats": Lazy("cxrlab.cli.brats", "register_brats_metrics",
+                  "Dice and HD95 (mm) of WT, TC and ET per case and averaged, with the BraTS "
+                  "empty-region conventions.", kind="register"),
+}
+
+app = typer.Typer(cls=lazy_group(COMMANDS), help="Score predictions from a CSV or mask folders.",
+                  no_args_is_help=True)
 
 
 def _rows(mask: pd.Series, limit: int = 5) -> str:
@@ -40,6 +63,8 @@ def read_label_score_csv(path: Path, label_col: str, score_col: str) -> tuple[np
             blank or not a number.
         LabelValueError: A label is not 0 or 1.
     """
+    import pandas as pd
+
     if not path.is_file():
         raise MissingFileError(path, "file not found")
     try:
@@ -92,26 +117,31 @@ def _print_table(summary: dict, path: Path, label_col: str, score_col: str) -> N
     Console().print(table)
 
 
-@app.command("classification")
-@user_errors
-def classification(
-    csv: Path = typer.Option(..., "--csv", help="CSV with one row per case."),
-    label_col: str = typer.Option(..., "--label-col", help="Column of 0/1 labels (blank = unknown)."),
-    score_col: str = typer.Option(..., "--score-col", help="Column of scores (higher = positive)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-) -> None:
-    """AUROC with DeLong 95% CI, and sensitivity/specificity at Youden's threshold."""
-    labels, scores = read_label_score_csv(csv, label_col, score_col)
-    n_pos = int(labels.sum())
-    if n_pos == 0 or n_pos == labels.size:
-        raise LabelValueError(
-            csv,
-            f"column {label_col!r} has {n_pos} positive(s) and {labels.size - n_pos} negative(s) "
-            "among labelled rows; AUROC needs both classes",
-        )
-    summary = binary_summary(labels, scores, alpha=0.95)
-    if as_json:
-        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
-        typer.echo(json.dumps(clean, indent=2))
-    else:
-        _print_table(summary, csv, label_col, score_col)
+def register_classification_metrics(metrics_app: typer.Typer) -> None:
+    """Add ``classification`` to the ``cxrlab metrics`` sub-app."""
+
+    @metrics_app.command("classification")
+    @user_errors
+    def classification(
+        csv: Path = typer.Option(..., "--csv", help="CSV with one row per case."),
+        label_col: str = typer.Option(..., "--label-col", help="Column of 0/1 labels (blank = unknown)."),
+        score_col: str = typer.Option(..., "--score-col", help="Column of scores (higher = positive)."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    ) -> None:
+        """AUROC with DeLong 95% CI, and sensitivity/specificity at Youden's threshold."""
+        from cxrlab.metrics.classification import binary_summary
+
+        labels, scores = read_label_score_csv(csv, label_col, score_col)
+        n_pos = int(labels.sum())
+        if n_pos == 0 or n_pos == labels.size:
+            raise LabelValueError(
+                csv,
+                f"column {label_col!r} has {n_pos} positive(s) and {labels.size - n_pos} negative(s) "
+                "among labelled rows; AUROC needs both classes",
+            )
+        summary = binary_summary(labels, scores, alpha=0.95)
+        if as_json:
+            clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
+            typer.echo(json.dumps(clean, indent=2))
+        else:
+            _print_table(summary, csv, label_col, score_col)

@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from cxrlab.data.policies import BLANK_POLICIES, POLICIES
 from cxrlab.errors import ConfigError, LabelValueError
 
-POLICIES = ("ones", "zeros", "ignore", "multiclass")
-BLANK_POLICIES = ("unknown", "negative")
 #: Raw label values a CheXpert-style cell may hold, besides blank.
 LABEL_VALUES = (1.0, 0.0, -1.0)
 

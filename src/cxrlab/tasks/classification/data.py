@@ -169,7 +169,7 @@ def make_loader(prepared: PreparedData, split: str, cfg: ExperimentConfig, train
                 shuffle_seed: int = 0) -> torch.utils.data.DataLoader:
     """A DataLoader over one split (training: augmented, shuffled per epoch)."""
     from cxrlab.data.samplers import BlockShuffleSampler, block_items
-    from cxrlab.data.torch import ImageDataset, default_train_augment
+    from cxrlab.data.torch import ImageDataset, collate_items, default_train_augment
     from cxrlab.engine.callbacks import EpochShuffleSampler
 
     part = prepared.splits[split]
@@ -195,6 +195,7 @@ def make_loader(prepared: PreparedData, split: str, cfg: ExperimentConfig, train
         drop_last=False,
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
+        collate_fn=collate_items,  # batches read and normalized whole (ImageDataset.__getitems__)
     )
 
 
