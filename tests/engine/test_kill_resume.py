@@ -6,7 +6,6 @@ phase) and end with exactly the weights of an uninterrupted run (CPU, determinis
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,17 +15,7 @@ from pathlib import Path
 import torch
 import yaml
 
-import cxrlab
-
 EPOCHS = 4
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    src = str(Path(cxrlab.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([src, *filter(None, [env.get("PYTHONPATH")])])
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
 
 
 def _command(recipe: Path, *extra: str) -> list[str]:
@@ -48,8 +37,8 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
                       weights_only=True)
 
 
-def test_sigkill_mid_phase_resumes_at_the_next_epoch(tmp_path, tiny_recipe):
-    env = _env()
+def test_sigkill_mid_phase_resumes_at_the_next_epoch(tmp_path, tiny_recipe, cli_env):
+    env = cli_env
     clean = _recipe(tmp_path, tiny_recipe, "clean")
     subprocess.run(_command(clean), env=env, check=True, capture_output=True, timeout=300)
 

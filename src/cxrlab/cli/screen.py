@@ -57,13 +57,17 @@ def train_cmd(
     overrides: list[str] = typer.Argument(None, help="key.path=value overrides."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
     quiet: bool = typer.Option(False, "--quiet", help="No per-epoch lines."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run in its directory."),
 ) -> None:
     """Train the per-disease ensemble (and the shared-encoder variant), fit the SVM, report."""
     from cxrlab.config.screening import load_screening_config
+    from cxrlab.runs.rundir import process_rank
     from cxrlab.tasks.screening.pipeline import train_screening
 
     cfg = load_screening_config(config, overrides or [])
-    run_dir = train_screening(cfg, _reporter(quiet), overwrite=overwrite)
+    run_dir = train_screening(cfg, _reporter(quiet), overwrite=overwrite, resume=resume)
+    if process_rank() > 0:  # a DDP worker: rank 0 reports
+        return
     _print_report(json.loads((run_dir / "report.json").read_text()))
     console.print(f"run directory: [bold]{run_dir}[/]")
 

@@ -21,14 +21,18 @@ def train_cmd(
     config: Path = typer.Argument(..., help="Pneumothorax recipe (configs/pneumothorax_seed002.yaml)."),
     overrides: list[str] = typer.Argument(None, help="key.path=value overrides, e.g. unet.encoder=resnet18"),
     progress: bool = typer.Option(False, "--progress/--no-progress", help="Show Lightning progress bars."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run in its directory."),
 ) -> None:
     """Train the recipe's models (baseline U-Net, One Case U-Net + gate) and evaluate them."""
     from cxrlab.config.pneumothorax import load_pneumothorax_config
+    from cxrlab.runs.rundir import process_rank
     from cxrlab.tasks.pneumothorax.train import train
 
     quiet_lightning()
     cfg = load_pneumothorax_config(config, overrides or [])
-    run_dir = train(cfg, progress=progress)
+    run_dir = train(cfg, progress=progress, resume=resume)
+    if process_rank() > 0:  # a DDP worker: rank 0 reports
+        return
     print_markdown(console, (run_dir / "table.md").read_text())
     console.print(f"run directory: [bold]{run_dir}[/]")
 

@@ -109,7 +109,8 @@ class ScreeningTrainConfig:
     ``phase2_train_encoder`` false trains only the head on weak labels (the seed's
     wording); ``device`` is ``cpu``, ``cuda`` or ``auto``; ``workers`` > 1 trains that
     many networks at once in separate processes, each with ``threads`` torch threads (0 =
-    PyTorch's default)."""
+    PyTorch's default); ``devices`` > 1 trains each network with that many DDP processes
+    (gloo on CPU, NCCL on CUDA; rank 0 writes the run)."""
 
     lam: float = 0.8
     lr: float = 1e-3
@@ -125,6 +126,7 @@ class ScreeningTrainConfig:
     device: str = "auto"
     workers: int = 1
     threads: int = 0
+    devices: int = 1
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from cxrlab.errors import ConfigError, LabelValueError
@@ -220,3 +221,110 @@ class BlockShuffleSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order().tolist())
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffles ``n`` items with a permutation fixed by (seed, epoch).
+
+    The trainer calls :meth:`set_epoch` before each epoch, so a resumed run gets the
+    order an uninterrupted one would have had. Under DDP wrap it in
+    :class:`ShardedSampler`: every rank draws the same permutation and takes its slice.
+
+    Args:
+        n: Number of items.
+        seed: Base seed.
+        shuffle: False keeps the natural order.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n = int(n)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        return iter(torch.randperm(self.n, generator=generator).tolist())
+
+
+def shard_order(order: Sequence[int], num_replicas: int, rank: int, block: int = 1) -> list[int]:
+    """Rank ``rank``'s part of an epoch ``order`` shared by ``num_replicas`` ranks.
+
+    The order is cut into blocks of ``block`` consecutive indices (a batch of a
+    :class:`PositiveShareSampler` stays whole), padded at the end by repeating its own
+    first blocks until every rank gets the same number of blocks (DDP steps in
+    lockstep), and rank ``r`` takes blocks ``r, r + num_replicas, ...``. Together the
+    ranks cover exactly the items of ``order``, plus the repeated padding.
+
+    Example:
+        >>> shard_order(list(range(5)), 2, 0), shard_order(list(range(5)), 2, 1)
+        ([0, 2, 4], [1, 3, 0])
+    """
+    if num_replicas < 1 or not 0 <= rank < num_replicas or block < 1:
+        raise ConfigError("sampler.shard", f"need num_replicas >= 1, 0 <= rank < num_replicas and block >= 1, "
+                                           f"got {num_replicas}, {rank}, {block}")
+    order = list(order)
+    if not order:
+        return []
+    blocks = [order[i:i + block] for i in range(0, len(order), block)]
+    per_rank = math.ceil(len(blocks) / num_replicas)
+    padded = blocks + [blocks[i % len(blocks)] for i in range(per_rank * num_replicas - len(blocks))]
+    return [item for chunk in padded[rank::num_replicas] for item in chunk]
+
+
+class ShardedSampler(Sampler[int]):
+    """This rank's slice of another sampler's epoch order (the same on every rank).
+
+    The wrapped sampler must give every rank the same order (a seeded generator, or a
+    pure function of seed and epoch such as :class:`EpochShuffleSampler`); each rank
+    then keeps its blocks of it (:func:`shard_order`), so the items of an epoch over all
+    ranks are those one process would see. Rank and world size are read when iterated,
+    from the initialised process group (one process: the wrapped order unchanged), so
+    loaders can be built before the trainer starts the group. Trainers that use it must
+    not add their own distributed sampler (Lightning: ``use_distributed_sampler=False``).
+
+    Args:
+        sampler: The sampler of the whole epoch.
+        block: Consecutive indices kept together (the micro-batch size of a sampler
+            that composes whole batches, else 1).
+        num_replicas: World size (default: the process group's).
+        rank: This rank (default: the process group's).
+    """
+
+    def __init__(self, sampler: Sampler[int], block: int = 1, num_replicas: int | None = None,
+                 rank: int | None = None) -> None:
+        self.sampler = sampler
+        self.block = int(block)
+        self.num_replicas = num_replicas
+        self.rank = rank
+
+    def _world(self) -> tuple[int, int]:
+        size, rank = 1, 0
+        if dist.is_available() and dist.is_initialized():
+            size, rank = dist.get_world_size(), dist.get_rank()
+        return (self.num_replicas if self.num_replicas is not None else size,
+                self.rank if self.rank is not None else rank)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        size, rank = self._world()
+        if size == 1:
+            return len(self.sampler)
+        return len(shard_order(range(len(self.sampler)), size, rank, self.block))
+
+    def __iter__(self) -> Iterator[int]:
+        size, rank = self._world()
+        if size == 1:
+            return iter(self.sampler)
+        return iter(shard_order(list(self.sampler), size, rank, self.block))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import random
@@ -16,7 +17,15 @@ import lightning as L
 import numpy as np
 import torch
 
+from cxrlab.data.samplers import EpochShuffleSampler, PositiveShareSampler
 from cxrlab.utils import atomic_write, atomic_write_json
+
+__all__ = ["BestCheckpoints", "EpochCheckpoint", "EpochSeed", "EpochShuffleSampler", "SamplerState",
+           "checkpoint_start_epoch", "epoch_seed", "resume_checkpoint"]
+# EpochShuffleSampler lives in cxrlab.data.samplers with the other samplers; named here
+# for the task modules that import it from the engine.
+
+log = logging.getLogger(__name__)
 
 
 def epoch_seed(seed: int, phase: int, epoch: int) -> int:
@@ -41,36 +50,6 @@ class EpochSeed(L.Callback):
         random.seed(value)
         np.random.seed(value)
         torch.manual_seed(value)
-
-
-class EpochShuffleSampler(torch.utils.data.Sampler[int]):
-    """Shuffles ``n`` items with a permutation fixed by (seed, epoch).
-
-    Lightning calls :meth:`set_epoch` before each epoch (and wraps this sampler for DDP).
-
-    Args:
-        n: Number of items.
-        seed: Base seed.
-        shuffle: False keeps the natural order.
-    """
-
-    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
-        self.n = int(n)
-        self.seed = int(seed)
-        self.shuffle = shuffle
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        if not self.shuffle:
-            return iter(range(self.n))
-        generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
 class BestCheckpoints(L.Callback):
@@ -198,3 +177,36 @@ def checkpoint_start_epoch(path: str | Path) -> int:
     """The epoch a run resumed from the epoch-end checkpoint ``path`` starts with."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     return int(state["epoch"]) + 1
+
+
+def resume_checkpoint(ckpt_dir: Path, resume: bool, what: str) -> str | None:
+    """``ckpt_dir/last.ckpt`` for ``trainer.fit(ckpt_path=...)`` when resuming and it exists.
+
+    Logs ``"resuming <what> at epoch <e>"`` (e.g. ``what="phase 1"``), the epoch the fit
+    restarts at. None (a fresh start of the phase) otherwise.
+    """
+    last = Path(ckpt_dir) / "last.ckpt"
+    if not (resume and last.is_file()):
+        return None
+    log.info("resuming %s at epoch %d from %s", what, checkpoint_start_epoch(last), last)
+    return str(last)
+
+
+class SamplerState(L.Callback):
+    """Saves a :class:`~cxrlab.data.samplers.PositiveShareSampler`'s generator in the checkpoint.
+
+    Its generator is seeded once and advances every epoch; restoring its state from an
+    epoch-end checkpoint gives the resumed run the order of the epochs an uninterrupted run
+    would have drawn next (the epoch-seeded samplers need nothing: they use ``set_epoch``).
+    """
+
+    def __init__(self, sampler: PositiveShareSampler) -> None:
+        self.sampler = sampler
+
+    def state_dict(self) -> dict[str, Any]:
+        generator = self.sampler.generator
+        return {"generator": generator.get_state()} if generator is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "generator" in state_dict and self.sampler.generator is not None:
+            self.sampler.generator.set_state(state_dict["generator"])

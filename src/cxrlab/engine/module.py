@@ -2,7 +2,8 @@
 
 The model sees images; the metrics see studies: validation predictions are aggregated
 to studies by their maximum (seed 001: "the model outputs the maximum probability
-across the views") before AUROC is computed.
+across the views") before AUROC is computed. Forward pass, optimizers and the gathered
+validation buffers come from :class:`cxrlab.engine.base.TaskModule`.
 """
 
 from __future__ import annotations
@@ -12,18 +13,18 @@ import math
 import warnings
 from collections.abc import Sequence
 
-import lightning as L
 import numpy as np
 import torch
 from torch import nn
 
-from cxrlab.engine.optim import OptimSpec, build_optimizer
+from cxrlab.engine.base import TaskModule, mean_item_loss, per_item_loss
+from cxrlab.engine.optim import OptimSpec
 from cxrlab.metrics.classification import auroc, study_level
 
 log = logging.getLogger(__name__)
 
 
-class ClassifierModule(L.LightningModule):
+class ClassifierModule(TaskModule):
     """Trains ``model`` with ``loss_fn`` on the label columns ``label_columns``.
 
     Args:
@@ -39,6 +40,8 @@ class ClassifierModule(L.LightningModule):
         channels_last: Convert inputs and model to channels-last memory format.
     """
 
+    progress_keys = ("val_auroc", "val_loss")
+
     def __init__(
         self,
         model: nn.Module,
@@ -50,39 +53,15 @@ class ClassifierModule(L.LightningModule):
         optim: OptimSpec,
         channels_last: bool = False,
     ) -> None:
-        super().__init__()
-        self.model = model
-        self.loss_fn = loss_fn
+        super().__init__(model, loss_fn, optim, channels_last)
         self.task_names = list(task_names)
         self.register_buffer("label_columns", torch.as_tensor(list(label_columns)), persistent=False)
         self.item_study_ids = np.asarray(item_study_ids)
         self.item_labels = np.asarray(item_labels, dtype=np.float64)
-        self.optim = optim
-        self.channels_last = channels_last
-        self._val_probs: list[torch.Tensor] = []
-        self._val_index: list[torch.Tensor] = []
-        self._val_loss: list[torch.Tensor] = []
-        self.last_val: dict[str, float] = {}
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------ steps
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.model(images)
-
     def _targets(self, batch: dict) -> torch.Tensor:
         return batch["labels"].index_select(1, self.label_columns.to(batch["labels"].device))
-
-    def on_train_epoch_start(self) -> None:
-        if self.current_epoch in self.optim.decay_epochs:
-            optimizer = self.optimizers().optimizer
-            if hasattr(optimizer, "update_regularizer"):
-                optimizer.update_regularizer(decay_factor=10)
-            else:
-                for group in optimizer.param_groups:
-                    group["lr"] /= 10.0
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
@@ -91,37 +70,17 @@ class ClassifierModule(L.LightningModule):
                  batch_size=logits.shape[0], sync_dist=True)
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_items(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self(batch["image"]).float()
         targets = self._targets(batch)
-        self._val_loss.append(self.loss_fn(logits, targets).detach() * logits.shape[0])
-        self._val_probs.append(torch.sigmoid(logits).detach())
-        self._val_index.append(batch["index"].detach())
+        losses = per_item_loss(self.loss_fn, logits, targets)
+        losses = torch.where(torch.isnan(targets).all(dim=1), torch.nan, losses)
+        return batch["index"], {"prob": torch.sigmoid(logits), "loss": losses}
 
-    def on_validation_epoch_start(self) -> None:
-        self._val_probs, self._val_index, self._val_loss = [], [], []
-
-    def on_validation_epoch_end(self) -> None:
-        if not self._val_probs:
-            return
-        probs = torch.cat(self._val_probs)
-        index = torch.cat(self._val_index)
-        loss_sum = torch.stack(self._val_loss).sum()
-        if self.trainer.world_size > 1:
-            probs = self.all_gather(probs).reshape(-1, probs.shape[-1])
-            index = self.all_gather(index).reshape(-1)
-            loss_sum = self.all_gather(loss_sum).sum()
-        probs_np = probs.cpu().numpy()
-        index_np = index.cpu().numpy()
-        # Distributed samplers pad with repeats: keep each item once.
-        index_np, first = np.unique(index_np, return_index=True)
-        probs_np = probs_np[first]
-        metrics = self.study_metrics(index_np, probs_np)
-        metrics["val_loss"] = float(loss_sum) / max(len(index), 1)
-        self.last_val = metrics
-        for key, value in metrics.items():
-            if not math.isnan(value):
-                self.log(key, value, prog_bar=key in ("val_auroc", "val_loss"), sync_dist=False)
+    def validation_metrics(self, items: dict[str, np.ndarray]) -> dict[str, float]:
+        metrics = self.study_metrics(items["index"], items["prob"])
+        metrics["val_loss"] = mean_item_loss(items["loss"])
+        return metrics
 
     def study_metrics(self, index: np.ndarray, probs: np.ndarray) -> dict[str, float]:
         """Per-task and mean study-level AUROC of validation predictions."""
@@ -137,14 +96,3 @@ class ClassifierModule(L.LightningModule):
                     values.append(value)
         out["val_auroc"] = float(np.mean(values)) if values else float("nan")
         return out
-
-    # ------------------------------------------------------------ optimizers
-    def configure_optimizers(self):
-        from dataclasses import replace
-
-
-
-        spec = self.optim
-        if spec.total_steps <= 0:
-            spec = replace(spec, total_steps=int(self.trainer.estimated_stepping_batches))
-        return build_optimizer(self.model, self.loss_fn, spec)

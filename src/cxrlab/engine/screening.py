@@ -1,5 +1,13 @@
 """Training loop of the seed-003 screening networks (plain PyTorch, one network at a time).
 
+Why not Lightning: the seed's plateau rule, best-state bookkeeping and frozen decoder fit a
+short loop, and the loop's single-process numbers are pinned by the golden predictions
+(``tests/inference/test_golden.py``). Under DDP it runs as a
+:class:`~torch.nn.parallel.DistributedDataParallel` in a process group started by
+:func:`cxrlab.engine.distributed.start_group`, on sharded loaders, with validation metrics
+gathered from every rank (:class:`~cxrlab.engine.metrics.Cumulative`); each phase writes
+an epoch-end checkpoint that ``resume`` continues from.
+
 Seed 003 §3.3.4 trains each per-disease network in two phases:
 
 1. **hard labels** (radiologist labels with lesion masks): classification and
@@ -26,16 +34,21 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
+from cxrlab.engine.distributed import world
+from cxrlab.engine.metrics import Cumulative
 from cxrlab.errors import ConfigError
 from cxrlab.losses.screening import ScreeningLoss
 from cxrlab.models.multitask import MultiTaskNet, SharedEncoderNet
+from cxrlab.utils import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -156,27 +169,34 @@ def predict_logits(model: Network, loader: DataLoader, device: torch.device | st
     return torch.cat(outputs).numpy(), torch.cat(indices).numpy().astype(np.int64)
 
 
+def _item_ce(loss_fn: ScreeningLoss) -> ScreeningLoss:
+    """The same loss reducing to one cross entropy per image (mean over its labelled diseases)."""
+    return ScreeningLoss(lam=loss_fn.lam, class_weight=loss_fn.class_weight, reduction="none",
+                         ignore_index=loss_fn.ignore_index)
+
+
 @torch.no_grad()
 def validation_metrics(model: Network, loader: DataLoader, loss_fn: ScreeningLoss,
                        device: torch.device | str = "cpu") -> dict[str, float]:
     """Validation cross entropy and normal-vs-abnormal AUROC of ``1 - p(normal)``.
 
     For 3-class heads ``p(normal)`` is class 0; for 2-class heads the abnormal score is
-    ``p(target)``. The shared network's score is the maximum over its diseases.
+    ``p(target)``. The shared network's score is the maximum over its diseases. The cross
+    entropy is the mean over labelled entries. Per-item values go through a
+    :class:`~cxrlab.engine.metrics.Cumulative`: under DDP (a sharded ``loader``) every rank
+    gets the metrics of the whole validation set, each image counted once.
     """
     from cxrlab.metrics.classification import auroc
 
     model.eval()
-    total, count, scores, truth = 0.0, 0, [], []
+    per_item = _item_ce(loss_fn).to(device)
+    items = Cumulative()
     for batch in loader:
         batch = _batch_to(batch, device)
         logits, _ = model(batch["image"], reconstruct=False)
         target = batch["target"]
-        labelled = int((target != loss_fn.ignore_index).sum())
-        if labelled:
-            ce, _ = loss_fn.terms(logits, target)
-            total += float(ce) * labelled
-            count += labelled
+        labelled = (target != loss_fn.ignore_index).reshape(target.shape[0], -1).sum(dim=1).float()
+        ce, _ = per_item.terms(logits.float(), target)
         probs = logits.float().softmax(dim=-1)
         if logits.shape[-1] == 3:
             abnormal = 1.0 - probs[..., 0]
@@ -188,11 +208,14 @@ def validation_metrics(model: Network, loader: DataLoader, loss_fn: ScreeningLos
             abnormal = abnormal.max(dim=1).values
             is_abnormal = torch.nan_to_num(is_abnormal, nan=-1.0).max(dim=1).values
             is_abnormal = torch.where(is_abnormal < 0, torch.nan, is_abnormal)
-        scores.append(abnormal.cpu())
-        truth.append(is_abnormal.cpu())
-    loss = total / count if count else math.nan
-    y_true = torch.cat(truth).numpy() if truth else np.zeros(0)
-    y_score = torch.cat(scores).numpy() if scores else np.zeros(0)
+        items.append(batch["index"], ce_sum=ce * labelled, labelled=labelled, score=abnormal,
+                     truth=is_abnormal)
+    out = items.aggregate()
+    if not len(out["index"]):
+        return {"loss": math.nan, "auroc": math.nan}
+    count = float(out["labelled"].sum())
+    loss = float(out["ce_sum"].astype(np.float64).sum() / count) if count else math.nan
+    y_true, y_score = out["truth"], out["score"]
     known = ~np.isnan(y_true)
     score = math.nan
     if known.any() and 0 < y_true[known].sum() < known.sum():
@@ -200,7 +223,7 @@ def validation_metrics(model: Network, loader: DataLoader, loss_fn: ScreeningLos
     return {"loss": loss, "auroc": score}
 
 
-def _train_epoch(model: Network, loader: DataLoader, loss_fn: ScreeningLoss,
+def _train_epoch(model: nn.Module, loader: DataLoader, loss_fn: ScreeningLoss,
                  optimizer: torch.optim.Optimizer, reconstruct: bool, device: torch.device
                  ) -> dict[str, float]:
     model.train()
@@ -227,11 +250,25 @@ def _train_epoch(model: Network, loader: DataLoader, loss_fn: ScreeningLoss,
     return {f"train_{k}": v / max(n, 1) for k, v in sums.items()}
 
 
+def _save_phase(path: Path, state: dict[str, Any]) -> None:
+    """Rank 0 writes the phase's epoch-end state atomically (the other ranks skip)."""
+    if world()[1] == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(state, path)
+
+
 def fit_phase(model: Network, train_loader: DataLoader, valid_loader: DataLoader,
               loss_fn: ScreeningLoss, schedule: PhaseSchedule, phase: str,
               device: torch.device | str = "cpu", best: float | None = None,
-              on_epoch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+              on_epoch: Callable[[dict[str, Any]], None] | None = None,
+              checkpoint: Path | None = None, resume: bool = False, name: str = "network"
+              ) -> list[dict[str, Any]]:
     """Train one phase with the plateau rule; leaves the best epoch's weights in ``model``.
+
+    Under an initialised process group (:func:`cxrlab.engine.distributed.start_group`) the
+    network trains as a :class:`~torch.nn.parallel.DistributedDataParallel` on sharded
+    loaders; the validation metrics, hence the plateau rule's decisions, are those of the
+    whole validation set on every rank.
 
     Args:
         model: The network (changed in place).
@@ -244,6 +281,12 @@ def fit_phase(model: Network, train_loader: DataLoader, valid_loader: DataLoader
         best: Validation metric of the weights the phase starts from (phase 2 keeps
             them unless it improves on it); None evaluates them first.
         on_epoch: Called with each epoch's history row.
+        checkpoint: Where rank 0 writes the phase's state after every epoch (weights,
+            optimizer, plateau rule, best weights, history; atomic) and once more, marked
+            done, at its end. None writes nothing.
+        resume: Continue from ``checkpoint`` when it exists: a finished phase is not
+            trained again, an interrupted one restarts at the epoch after the saved one.
+        name: The network, for the log.
 
     Returns:
         History rows: phase, epoch, lr, train loss terms, validation loss/AUROC, action.
@@ -256,20 +299,48 @@ def fit_phase(model: Network, train_loader: DataLoader, valid_loader: DataLoader
     model.freeze_decoder(weak)
     model.freeze_encoder(weak and not schedule.train_encoder)
     mode = "min" if schedule.monitor == "loss" else "max"
-    if best is None:
+    saved = (torch.load(checkpoint, map_location=device, weights_only=False)
+             if resume and checkpoint is not None and checkpoint.is_file() else None)
+    if saved is not None and saved["done"]:
+        model.load_state_dict(saved["best_state"])
+        model.freeze_encoder(False)
+        model.freeze_decoder(False)
+        log.info("%s phase %s already finished; weights loaded", name, phase)
+        return list(saved["history"])
+    if best is None and saved is None:
         best = validation_metrics(model, valid_loader, loss_fn, device)[schedule.monitor]
     rule = PlateauRule(schedule.lr, schedule.patience, schedule.factor, schedule.min_lr, mode,
-                       best=best if math.isfinite(best) else None)
+                       best=best if best is not None and math.isfinite(best) else None)
     best_state = copy.deepcopy(model.state_dict())
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=schedule.lr, betas=tuple(schedule.betas),
                                  weight_decay=schedule.weight_decay)
     history: list[dict[str, Any]] = []
-    for epoch in range(schedule.max_epochs):
+    start = 0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        rule.__dict__.update(saved["rule"])
+        best_state, history, start = saved["best_state"], list(saved["history"]), int(saved["epoch"]) + 1
+        log.info("resuming %s phase %s at epoch %d", name, phase, start)
+    size, _ = world()
+    net: nn.Module = model
+    if size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+    stopped = bool(history) and history[-1]["action"] == "stop"
+    for epoch in range(start, 0 if stopped else schedule.max_epochs):
         started = time.perf_counter()
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         row: dict[str, Any] = {"phase": phase, "epoch": epoch, "lr": lr}
-        row.update(_train_epoch(model, train_loader, loss_fn, optimizer, not weak, device))
+        row.update(_train_epoch(net, train_loader, loss_fn, optimizer, not weak, device))
+        if size > 1:
+            # DDP syncs BatchNorm statistics from rank 0 at the next training forward only: give
+            # every rank rank 0's (those saved) before each validates its shard.
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer.data, src=0)
         valid = validation_metrics(model, valid_loader, loss_fn, device)
         row.update({"valid_loss": valid["loss"], "valid_auroc": valid["auroc"]})
         action = rule.step(valid[schedule.monitor])
@@ -280,10 +351,17 @@ def fit_phase(model: Network, train_loader: DataLoader, valid_loader: DataLoader
                 group["lr"] = rule.lr
         row.update(action=action, seconds=round(time.perf_counter() - started, 3))
         history.append(row)
+        if checkpoint is not None:
+            _save_phase(checkpoint, {"phase": phase, "epoch": epoch, "done": False, "model": model.state_dict(),
+                                     "optimizer": optimizer.state_dict(), "rule": dict(rule.__dict__),
+                                     "best_state": best_state, "history": history})
         if on_epoch is not None:
             on_epoch(row)
         if action == "stop":
             break
+    if checkpoint is not None:      # the last epoch's weights stay in it, for checks against its history row
+        _save_phase(checkpoint, {"phase": phase, "epoch": len(history) - 1, "done": True,
+                                 "model": model.state_dict(), "best_state": best_state, "history": history})
     model.load_state_dict(best_state)
     model.freeze_encoder(False)
     model.freeze_decoder(False)
@@ -293,18 +371,25 @@ def fit_phase(model: Network, train_loader: DataLoader, valid_loader: DataLoader
 def train_network(model: Network, hard_loader: DataLoader, weak_loader: DataLoader | None,
                   valid_loader: DataLoader, loss_fn: ScreeningLoss, hard: PhaseSchedule,
                   weak: PhaseSchedule, device: torch.device | str = "cpu",
-                  on_epoch: Callable[[dict[str, Any]], None] | None = None
+                  on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                  checkpoints: Path | None = None, resume: bool = False, name: str = "network"
                   ) -> list[dict[str, Any]]:
     """Both phases of seed 003: hard labels with masks, then weak labels, decoder frozen.
 
     Phase 2 is skipped when ``weak_loader`` is None or empty or ``weak.max_epochs`` is 0.
+    ``checkpoints``: folder of the phases' epoch-end states (``hard.ckpt``, ``weak.ckpt``;
+    see :func:`fit_phase` for ``resume``).
     """
+    def ckpt(phase: str) -> Path | None:
+        return None if checkpoints is None else Path(checkpoints) / f"{phase}.ckpt"
+
     history = fit_phase(model, hard_loader, valid_loader, loss_fn, hard, "hard", device,
-                        on_epoch=on_epoch)
+                        on_epoch=on_epoch, checkpoint=ckpt("hard"), resume=resume, name=name)
     if weak_loader is not None and len(weak_loader.dataset) and weak.max_epochs > 0:
         start = validation_metrics(model, valid_loader, loss_fn, device)[weak.monitor]
         history += fit_phase(model, weak_loader, valid_loader, loss_fn, weak, "weak", device,
-                             best=start, on_epoch=on_epoch)
+                             best=start, on_epoch=on_epoch, checkpoint=ckpt("weak"), resume=resume,
+                             name=name)
     return history
 
 

@@ -4,29 +4,30 @@ Training minimises a binary segmentation loss on the foreground logit (a two-cha
 output's ``z1 - z0``, see :func:`cxrlab.models.segmentation.foreground_logits`).
 Validation scores the masks at probability 0.5 (the argmax of a two-channel output)
 with the competition's Dice per image, global Dice and IoU, and counts false-positive
-masks on empty images. Optimizers and schedules come from
-:func:`cxrlab.engine.optim.build_optimizer` (encoder = body, decoder = head), seeding and
-history from :mod:`cxrlab.engine.callbacks`.
+masks on empty images. Forward pass, optimizers (encoder = body, decoder = head) and the gathered validation
+buffers come from :class:`cxrlab.engine.base.TaskModule`, seeding and history from
+:mod:`cxrlab.engine.callbacks`.
 """
 
 from __future__ import annotations
 
-import math
+import json
+import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from torch import nn
 
+from cxrlab.engine.base import TaskModule, mean_item_loss, per_item_loss
 from cxrlab.engine.callbacks import BestCheckpoints
 from cxrlab.engine.optim import OptimSpec
 from cxrlab.errors import ConfigError
 from cxrlab.metrics.segmentation import segmentation_summary
 from cxrlab.models.segmentation import foreground_logits
+from cxrlab.utils import atomic_write_json
 
 MONITORS: dict[str, tuple[str, str]] = {
     "dice_per_image": ("val_dice_per_image", "max"),
@@ -58,7 +59,7 @@ def batch_counts(probs: torch.Tensor, masks: torch.Tensor, threshold: float = 0.
     return torch.stack([tp, pred.sum(dim=1) - tp, truth.sum(dim=1) - tp], dim=1)
 
 
-class SegmentationModule(L.LightningModule):
+class SegmentationModule(TaskModule):
     """Trains a :class:`~cxrlab.models.segmentation.SegmentationModel` with ``loss_fn``.
 
     Args:
@@ -68,47 +69,36 @@ class SegmentationModule(L.LightningModule):
         channels_last: Channels-last memory format (GPU).
         threshold: Probability threshold of the validation masks.
 
-    Batches are :class:`~cxrlab.data.torch.ImageDataset` dicts with ``image``, ``mask``
-    and ``mask_known``; items without a known mask are left out of loss and metrics.
+    Batches are :class:`~cxrlab.data.torch.ImageDataset` dicts with ``image``, ``mask``,
+    ``mask_known`` and ``index``; items without a known mask are left out of loss and
+    metrics. Validation keeps each image's ``(tp, fp, fn)`` and loss by dataset row, so
+    Dice and IoU gathered from several ranks equal the one-process values.
     """
+
+    progress_keys = ("val_dice_per_image", "val_loss")
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, optim: OptimSpec, channels_last: bool = False,
                  threshold: float = 0.5) -> None:
-        super().__init__()
-        self.model = model
-        self.loss_fn = loss_fn
-        self.optim = optim
-        self.channels_last = channels_last
+        super().__init__(model, loss_fn, optim, channels_last)
         self.threshold = float(threshold)
-        self._val_counts: list[torch.Tensor] = []
-        self._val_loss: list[torch.Tensor] = []
-        self.last_val: dict[str, float] = {}
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.model(images)
 
     @staticmethod
-    def _known(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        images, masks = batch["image"], batch["mask"]
+    def _known(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, masks, index = batch["image"], batch["mask"], torch.as_tensor(batch["index"])
         known = batch.get("mask_known")
         if known is not None and not bool(torch.as_tensor(known).all()):
             keep = torch.as_tensor(known, dtype=torch.bool, device=images.device)
             images, masks = images[keep], masks[keep]
-        return images, masks
+            index = index[keep.to(index.device)]
+        return images, masks, index
 
     def on_train_epoch_start(self) -> None:
         if self.optim.freeze_body:
             self.model.freeze_body(True)
-        if self.current_epoch in self.optim.decay_epochs:
-            for group in self.optimizers().optimizer.param_groups:
-                group["lr"] /= 10.0
+        super().on_train_epoch_start()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        images, masks = self._known(batch)
+        images, masks, _ = self._known(batch)
         if images.shape[0] == 0:
             return None
         logits = foreground_logits(self(images)).float()
@@ -117,46 +107,24 @@ class SegmentationModule(L.LightningModule):
                  sync_dist=True)
         return loss
 
-    def on_validation_epoch_start(self) -> None:
-        self._val_counts, self._val_loss = [], []
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        images, masks = self._known(batch)
+    def validation_items(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        images, masks, index = self._known(batch)
         if images.shape[0] == 0:
-            return
+            return None
         logits = foreground_logits(self(images)).float()
-        self._val_loss.append(self.loss_fn(logits, masks).detach() * images.shape[0])
-        self._val_counts.append(batch_counts(torch.sigmoid(logits), masks, self.threshold).detach())
+        counts = batch_counts(torch.sigmoid(logits), masks, self.threshold)
+        return index, {"counts": counts, "loss": per_item_loss(self.loss_fn, logits, masks)}
 
-    def on_validation_epoch_end(self) -> None:
-        if not self._val_counts:
-            return
-        counts = torch.cat(self._val_counts)
-        loss_sum = torch.stack(self._val_loss).sum()
-        if self.trainer.world_size > 1:
-            counts = self.all_gather(counts).reshape(-1, 3)
-            loss_sum = self.all_gather(loss_sum).sum()
-        tp, fp, fn = counts.cpu().numpy().T
+    def validation_metrics(self, items: dict[str, np.ndarray]) -> dict[str, float]:
+        tp, fp, fn = items["counts"].T
         summary = segmentation_summary(tp, fp, fn)
-        metrics = {
-            "val_loss": float(loss_sum) / max(len(counts), 1),
+        return {
+            "val_loss": mean_item_loss(items["loss"]),
             "val_dice_per_image": summary["dice_per_image"],
             "val_dice": summary["dice_global"],
             "val_iou": summary["iou_global"],
             "val_fp_masks_on_empty": float(summary["fp_masks_on_empty"]),
         }
-        self.last_val = metrics
-        for key, value in metrics.items():
-            if not math.isnan(value):
-                self.log(key, value, prog_bar=key in ("val_dice_per_image", "val_loss"), sync_dist=False)
-
-    def configure_optimizers(self) -> Any:
-        from cxrlab.engine.optim import build_optimizer
-
-        spec = self.optim
-        if spec.total_steps <= 0:
-            spec = replace(spec, total_steps=int(self.trainer.estimated_stepping_batches))
-        return build_optimizer(self.model, self.loss_fn, spec)
 
 
 class SegmentationCheckpoints(BestCheckpoints):
@@ -178,16 +146,11 @@ class SegmentationCheckpoints(BestCheckpoints):
         self.key, self.mode = monitor_key(monitor)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from cxrlab.utils import atomic_write_json
-
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         metrics = dict(getattr(pl_module, "last_val", {}))
         if not metrics:
             return
-        import json
-        import time
-
         train_loss = trainer.callback_metrics.get("train_loss_epoch")
         self._append_history({
             "phase": self.phase, "epoch": trainer.current_epoch, "global_step": trainer.global_step,

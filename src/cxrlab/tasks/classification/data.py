@@ -166,11 +166,16 @@ def prepare_data(cfg: ExperimentConfig, cache_root: Path | None = None) -> Prepa
 
 
 def make_loader(prepared: PreparedData, split: str, cfg: ExperimentConfig, train: bool,
-                shuffle_seed: int = 0) -> torch.utils.data.DataLoader:
-    """A DataLoader over one split (training: augmented, shuffled per epoch)."""
-    from cxrlab.data.samplers import BlockShuffleSampler, block_items
+                shuffle_seed: int = 0, shard: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader over one split (training: augmented, shuffled per epoch).
+
+    ``shard``: a loader of a (possibly DDP) trainer: each rank reads its slice of the
+    epoch's order (:class:`ShardedSampler`); the trainer must pass
+    ``use_distributed_sampler=False``. Loaders that must see the whole split in one
+    process (evaluation after training) leave it False.
+    """
+    from cxrlab.data.samplers import BlockShuffleSampler, EpochShuffleSampler, ShardedSampler, block_items
     from cxrlab.data.torch import ImageDataset, collate_items, default_train_augment
-    from cxrlab.engine.callbacks import EpochShuffleSampler
 
     part = prepared.splits[split]
     augment = default_train_augment("classification", seed=cfg.seed) if (train and cfg.data.augment) else None
@@ -190,7 +195,7 @@ def make_loader(prepared: PreparedData, split: str, cfg: ExperimentConfig, train
     return torch.utils.data.DataLoader(
         ds,
         batch_size=micro,
-        sampler=sampler,
+        sampler=ShardedSampler(sampler) if shard else sampler,
         num_workers=workers,
         drop_last=False,
         persistent_workers=workers > 0,

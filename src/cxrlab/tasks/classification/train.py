@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from cxrlab.config import ExperimentConfig, load_config, phase_value, save_config
-from cxrlab.engine.callbacks import BestCheckpoints, EpochCheckpoint, EpochSeed, checkpoint_start_epoch
+from cxrlab.engine.distributed import rank_zero_first
+from cxrlab.engine.callbacks import BestCheckpoints, EpochCheckpoint, EpochSeed, resume_checkpoint
 from cxrlab.engine.module import ClassifierModule
 from cxrlab.engine.optim import OptimSpec
 from cxrlab.runs.rundir import RunStatus, claim_run_directory, process_rank, run_status
@@ -124,6 +125,7 @@ def _trainer(cfg: ExperimentConfig, epochs: int, callbacks: list, ckpt_dir: Path
         accumulate_grad_batches=accumulation(cfg),
         limit_train_batches=train.limit_train_batches or 1.0,
         num_sanity_val_steps=0,
+        use_distributed_sampler=False,     # the loaders shard themselves (ShardedSampler)
         callbacks=[*callbacks, EpochCheckpoint(ckpt_dir)],
         logger=False,
         enable_progress_bar=progress,
@@ -197,7 +199,10 @@ def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, status: RunStatus 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    prepared = prepare_data(cfg)
+    with rank_zero_first():
+        # Inside a DDP run that already started its process group (the pneumothorax gate):
+        # rank 0 builds the cache while the workers wait, then they open it.
+        prepared = prepare_data(cfg)
     if status is not None:
         _write_split(run_dir, prepared)
     model = create_classifier(cfg.model.arch, num_classes=len(prepared.task_names),
@@ -244,12 +249,9 @@ def _train_phase(cfg, k, model, prepared, valid, run_dir, save, resume, progress
     if epoch_hook is not None:
         callbacks.append(_Hook(k, epoch_hook))
     trainer = _trainer(cfg, phase.epochs, callbacks, ckpt_dir, progress)
-    last = ckpt_dir / "last.ckpt"
-    ckpt_path = str(last) if (resume and last.is_file()) else None
-    if ckpt_path:
-        log.info("resuming phase %d at epoch %d from %s", k, checkpoint_start_epoch(last), last)
-    train_loader = make_loader(prepared, "train", cfg, train=True, shuffle_seed=cfg.seed * 31 + k)
-    valid_loader = make_loader(prepared, "valid", cfg, train=False)
+    ckpt_path = resume_checkpoint(ckpt_dir, resume, f"phase {k}")
+    train_loader = make_loader(prepared, "train", cfg, train=True, shuffle_seed=cfg.seed * 31 + k, shard=True)
+    valid_loader = make_loader(prepared, "valid", cfg, train=False, shard=True)
     trainer.fit(module, train_loader, valid_loader, ckpt_path=ckpt_path)
     if trainer.interrupted:
         raise KeyboardInterrupt("training interrupted")

@@ -130,10 +130,11 @@ def joint_augment(crop: int | None = None, seed: int | None = None, augment: boo
 
 def _loader(cfg: PneumothoraxConfig, data: SegData, indices: np.ndarray, train: bool, seed: int,
             augment: Any = None, pos_share: float | None = None,
-            epoch_size: int | None = None) -> torch.utils.data.DataLoader:
-    from cxrlab.data.samplers import PositiveShareSampler
+            epoch_size: int | None = None, shard: bool = False) -> torch.utils.data.DataLoader:
+    """A loader over ``indices``; ``shard``: a trainer's loader, each DDP rank reading its
+    slice of the epoch's order (whole positive-share batches stay together)."""
+    from cxrlab.data.samplers import EpochShuffleSampler, PositiveShareSampler, ShardedSampler
     from cxrlab.data.torch import ImageDataset
-    from cxrlab.engine.callbacks import EpochShuffleSampler
 
     ds = ImageDataset(data.dataset, data.preprocess, channels=cfg.data.channels,
                       normalization=cfg.data.normalization, augment=augment, cache=data.cache,
@@ -145,6 +146,8 @@ def _loader(cfg: PneumothoraxConfig, data: SegData, indices: np.ndarray, train: 
                                             generator=torch.Generator().manual_seed(seed))
     else:
         sampler = EpochShuffleSampler(len(ds), seed, shuffle=train and cfg.train.shuffle)
+    if shard:
+        sampler = ShardedSampler(sampler, block=micro if isinstance(sampler, PositiveShareSampler) else 1)
     workers = int(cfg.data.num_workers)
     return torch.utils.data.DataLoader(ds, batch_size=micro, sampler=sampler, num_workers=workers,
                                        persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())

@@ -129,10 +129,20 @@ def prepare_screening_data(cfg: ScreeningConfig, skips: SkipLog | None = None) -
     return ScreeningData(dataset, store, targets, truth, parts, eval_sets)
 
 
-def _loader(items: ScreeningItems, batch_size: int, shuffle: bool, seed: int, workers: int):
+def _loader(items: ScreeningItems, batch_size: int, shuffle: bool, seed: int, workers: int,
+            shard: bool = False):
+    """A loader over ``items``; ``shard``: a DDP training loop's loader, each rank reading its
+    slice of the same seeded order (one process: the plain loader, unchanged)."""
     import torch
 
+    from cxrlab.data.samplers import ShardedSampler
+
     generator = torch.Generator().manual_seed(seed)
+    if shard:
+        order = (torch.utils.data.RandomSampler(items, generator=generator) if shuffle
+                 else torch.utils.data.SequentialSampler(items))
+        return torch.utils.data.DataLoader(items, batch_size=batch_size, sampler=ShardedSampler(order),
+                                           num_workers=workers, persistent_workers=workers > 0)
     return torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=shuffle,
                                        generator=generator, num_workers=workers,
                                        persistent_workers=workers > 0)

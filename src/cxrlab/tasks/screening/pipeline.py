@@ -29,35 +29,50 @@ def run_directory(cfg: ScreeningConfig) -> Path:
 
 
 def train_screening(cfg: ScreeningConfig, report: Callable[[str], None] | None = None,
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, resume: bool = False) -> Path:
     """Train every variant, fit the SVMs, evaluate, run ablations; returns the run directory.
 
+    With ``train.devices > 1`` the networks train under DDP: the other ranks re-run the
+    command, train each network alongside rank 0 and stop there; rank 0 alone writes the
+    folder, fits the SVMs, evaluates and logs to MLflow. ``resume`` continues a killed run
+    in its folder (trained networks kept, the interrupted one from its last epoch).
+
     Raises:
-        ConfigError: The run directory exists and ``overwrite`` is False, or the recipe
-            cannot run on its data.
+        ConfigError: The run directory exists and neither ``overwrite`` nor ``resume`` is
+            set, or the recipe cannot run on its data.
     """
-    from cxrlab.runs.rundir import claim_run_directory, run_status
+    from cxrlab.engine.distributed import rank_zero_first
+    from cxrlab.runs.rundir import claim_run_directory, process_rank, run_status
     from cxrlab.tasks.screening.evaluate import evaluate_screening
     from cxrlab.tasks.screening.pipeline import run_ablations
 
-    run_dir = claim_run_directory(run_directory(cfg), overwrite=overwrite, hint="pass --overwrite",
-                                  kind="screening")
+    run_dir = claim_run_directory(run_directory(cfg), overwrite=overwrite and not resume, resume=resume,
+                                  hint="pass --overwrite or --resume", kind="screening")
+    if process_rank() > 0:
+        # A DDP worker: train the networks (and the ablations' networks) with rank 0, write nothing.
+        with rank_zero_first():
+            data = prepare_screening_data(cfg)
+        train_networks(cfg, data, run_dir, None, resume)
+        if cfg.ablations:
+            run_ablations(cfg, run_dir, None, resume)
+        return run_dir
     save_screening_config(cfg, run_dir / "config.yaml")
     with run_status(run_dir) as status:
-        data = prepare_screening_data(cfg)
+        with rank_zero_first():    # an ablation inside a DDP run: rank 0 builds its cache first
+            data = prepare_screening_data(cfg)
         atomic_write_json(run_dir / "split.json", {
             **{part: int(rows.size) for part, rows in data.parts.items()},
             **{f"eval/{name}": int(s.rows.size) for name, s in data.eval_sets.items()}})
         from cxrlab.tasks.screening.svm import fit_second_classifier
 
-        train_networks(cfg, data, run_dir, report)
+        train_networks(cfg, data, run_dir, report, resume)
         for variant in cfg.model.variants:
             fit_second_classifier(cfg, data, load_variant(run_dir, variant,
                                                           list(cfg.data.diseases)),
                                   run_dir / variant)
         summary = evaluate_screening(run_dir, cfg=cfg, data=data)
         if cfg.ablations:
-            run_ablations(cfg, run_dir, report)
+            run_ablations(cfg, run_dir, report, resume)
             summary = evaluate_screening(run_dir, cfg=cfg, data=data)
         status.finished()
         if cfg.output.mlflow:
@@ -68,7 +83,7 @@ def train_screening(cfg: ScreeningConfig, report: Callable[[str], None] | None =
 
 
 def run_ablations(cfg: ScreeningConfig, run_dir: Path,
-                  report: Callable[[str], None] | None = None) -> list[Path]:
+                  report: Callable[[str], None] | None = None, resume: bool = False) -> list[Path]:
     """Train the ensemble once per configured ablation into ``RUN/ablations/<name>``."""
     cache = cfg.data.cache or str(Path(cfg.output.root) / "cache")
     done = []
@@ -81,7 +96,7 @@ def run_ablations(cfg: ScreeningConfig, run_dir: Path,
             f"data.cache={cache}"])
         if report is not None:
             report(f"ablation {ablation.name}: {' '.join(ablation.overrides)}")
-        done.append(train_screening(sub, report, overwrite=True))
+        done.append(train_screening(sub, report, overwrite=True, resume=resume))
     return done
 
 

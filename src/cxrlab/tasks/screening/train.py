@@ -77,11 +77,13 @@ def network_meta(cfg: ScreeningConfig, variant: str, disease: str | None) -> dic
 
 def train_job(cfg: ScreeningConfig, store_folder: str, targets: np.ndarray,
               parts: dict[str, np.ndarray], variant: str, k: int | None, run_dir: str,
-              report: Callable[[str], None] | None = None) -> dict[str, Any]:
+              report: Callable[[str], None] | None = None, resume: bool = False) -> dict[str, Any]:
     """Train one network: disease ``k``'s model of the ensemble, or the shared one (None).
 
     Runs in this process or in a worker (:func:`train_networks`); saves
-    ``run_dir/variant/{model_<disease>|shared}.pt`` and its ``history_*.csv``.
+    ``run_dir/variant/{model_<disease>|shared}.pt`` and its ``history_*.csv`` (rank 0 of a
+    DDP group), and each phase's epoch-end state under ``run_dir/variant/checkpoints/<stem>/``.
+    ``resume`` skips a network whose ``.pt`` exists and continues an interrupted one.
 
     Returns:
         ``{"variant", "disease", "path", "epochs", "best_valid_loss", "seconds"}``.
@@ -96,13 +98,26 @@ def train_job(cfg: ScreeningConfig, store_folder: str, targets: np.ndarray,
         save_multitask_checkpoint,
     )
 
+    from cxrlab.engine.distributed import world
+
     store = ScreeningStore.open(store_folder)
+    size, rank = world()
     device = resolve_device(cfg.train.device)
+    if size > 1 and device.type == "cuda":
+        device = torch.device("cuda", rank % max(torch.cuda.device_count(), 1))
     hard, weak = _schedules(cfg)
     out = Path(run_dir) / variant
     out.mkdir(parents=True, exist_ok=True)
     m, d = cfg.model, cfg.data
     disease = None if k is None else d.diseases[k]
+    label = disease or "shared encoder"
+    stem = "shared" if k is None else f"model_{slug(disease)}"
+    if resume and (out / f"{stem}.pt").is_file() and (out / f"history_{stem}.csv").is_file():
+        log.info("%s %s already trained; kept", variant, label)
+        done = pd.read_csv(out / f"history_{stem}.csv")
+        losses = done["valid_loss"].dropna() if "valid_loss" in done else pd.Series(dtype=float)
+        return {"variant": variant, "disease": label, "path": str(out / f"{stem}.pt"), "epochs": len(done),
+                "best_valid_loss": float(losses.min()) if len(losses) else float("nan"), "seconds": 0.0}
     seed = cfg.seed * 1000 + (0 if k is None else k + 1)
     torch.manual_seed(seed)
     if k is None:
@@ -117,46 +132,53 @@ def train_job(cfg: ScreeningConfig, store_folder: str, targets: np.ndarray,
         aug = screening_augment(seed=seed) if train and d.augment else None
         items = ScreeningItems(store, parts[part], targets, k, cfg.dilation(), aug, d.channels,
                                d.normalization)
-        return _loader(items, d.batch_size, train, seed, d.num_workers)
+        return _loader(items, d.batch_size, train, seed, d.num_workers, shard=size > 1)
 
-    label = disease or "shared encoder"
     rows: list[dict[str, Any]] = []
 
     def on_epoch(row: dict[str, Any]) -> None:
         rows.append(row)
-        if report is not None:
+        if report is not None and rank == 0:
             report(f"{variant} {label}: {row['phase']} epoch {row['epoch']} valid loss "
                    f"{row['valid_loss']:.4f} auroc {row['valid_auroc']:.3f} ({row['action']})")
 
     started = time.perf_counter()
     with torch_threads(cfg.train.threads):
-        train_network(net, loader("hard_train"), loader("weak_train"), loader("valid"),
-                      ScreeningLoss(lam=cfg.train.lam), hard, weak, device, on_epoch=on_epoch)
+        rows = train_network(net, loader("hard_train"), loader("weak_train"), loader("valid"),
+                             ScreeningLoss(lam=cfg.train.lam), hard, weak, device, on_epoch=on_epoch,
+                             checkpoints=out / "checkpoints" / stem, resume=resume, name=f"{variant} {label}")
     seconds = round(time.perf_counter() - started, 2)
-    stem = "shared" if k is None else f"model_{slug(disease)}"
-    atomic_write_text(out / f"history_{stem}.csv", pd.DataFrame(rows).to_csv(index=False))
-    path = save_multitask_checkpoint(out / f"{stem}.pt", net.cpu(),
-                                     {**network_meta(cfg, variant, disease),
-                                      "train_seconds": seconds})
+    path = out / f"{stem}.pt"
+    if rank == 0:
+        atomic_write_text(out / f"history_{stem}.csv", pd.DataFrame(rows).to_csv(index=False))
+        path = save_multitask_checkpoint(path, net.cpu(), {**network_meta(cfg, variant, disease),
+                                                          "train_seconds": seconds})
     losses = [r["valid_loss"] for r in rows if np.isfinite(r["valid_loss"])]
     return {"variant": variant, "disease": label, "path": str(path), "epochs": len(rows),
             "best_valid_loss": min(losses) if losses else float("nan"), "seconds": seconds}
 
 
 def train_networks(cfg: ScreeningConfig, data: ScreeningData, run_dir: Path,
-                   report: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+                   report: Callable[[str], None] | None = None, resume: bool = False) -> list[dict[str, Any]]:
     """Train every network of every configured variant.
 
     With ``train.workers > 1`` the networks train in that many spawned processes at once
     (each with ``train.threads`` torch threads): on a CPU this beats one process with
     several threads for small networks; per-epoch lines are then replaced by one line
-    per finished network.
+    per finished network. With ``train.devices > 1`` each network instead trains on that
+    many DDP processes, one network after the other (:func:`~cxrlab.engine.distributed.start_group`
+    re-runs this command for the other ranks). ``resume``: see :func:`train_job`.
     """
     jobs = [(variant, k) for variant in cfg.model.variants
             for k in (range(len(cfg.data.diseases)) if variant == "ensemble" else [None])]
     args = (str(data.store.folder), data.targets, data.parts)
-    if cfg.train.workers <= 1 or len(jobs) == 1:
-        return [train_job(cfg, *args, variant, k, str(run_dir), report) for variant, k in jobs]
+    if cfg.train.devices > 1:
+        from cxrlab.engine.distributed import start_group
+
+        cuda = resolve_device(cfg.train.device).type == "cuda"
+        start_group(cfg.train.devices, "nccl" if cuda else "gloo")
+    if cfg.train.workers <= 1 or len(jobs) == 1 or cfg.train.devices > 1:
+        return [train_job(cfg, *args, variant, k, str(run_dir), report, resume) for variant, k in jobs]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
