@@ -103,7 +103,7 @@ def measure(name: str, runners: dict[str, Callable[[np.ndarray], np.ndarray]], s
             out[key]["latency_ms"] = min(out[key]["latency_ms"], 1000 * median_time(run, one, repeats))
             out[key]["batch16_img_s"] = max(out[key]["batch16_img_s"],
                                             16 / median_time(run, sixteen, batch_repeats, warmup=1))
-    print(f"\n{name}")
+    print(f"\n{name}", flush=True)
     print(f"  {'contender':<18} {'batch-1 ms':>11} {'batch-16 img/s':>15} {'lat/xrv':>8} {'lat/torch':>10} "
           f"{'img/s vs torch':>15}")
     for key, row in out.items():
@@ -111,7 +111,7 @@ def measure(name: str, runners: dict[str, Callable[[np.ndarray], np.ndarray]], s
         row["latency_vs_torch"] = row["latency_ms"] / out["torch"]["latency_ms"]
         row["img_s_vs_torch"] = row["batch16_img_s"] / out["torch"]["batch16_img_s"]
         print(f"  {key:<18} {row['latency_ms']:11.1f} {row['batch16_img_s']:15.1f} {row['latency_vs_xrv']:8.2f} "
-              f"{row['latency_vs_torch']:10.2f} {row['img_s_vs_torch']:15.2f}")
+              f"{row['latency_vs_torch']:10.2f} {row['img_s_vs_torch']:15.2f}", flush=True)
     return out
 
 
@@ -124,9 +124,12 @@ def main() -> None:
     parser.add_argument("--no-unet", action="store_true", help="skip the U-Net at 256 px")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
+    import logging
     import os
 
     import torchxrayvision as xrv
+
+    logging.disable(logging.WARNING)  # onnxruntime.quantization's per-tensor notices
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -142,6 +145,7 @@ def main() -> None:
             key = f"densenet121@{size}"
             results[key] = measure(key, contenders(ours, theirs, shape, folder, args.threads), shape,
                                    args.repeats, args.batch_repeats)
+            save(args.out, results)
         if not args.no_unet:
             folder = Path(tmp) / "unet"
             folder.mkdir()
@@ -150,6 +154,7 @@ def main() -> None:
             results["unet-resnet34@256"] = measure("unet-resnet34@256 (seed 002)",
                                                    contenders(unet, None, shape, folder, args.threads), shape,
                                                    args.repeats, args.batch_repeats)
+            save(args.out, results)
     results["load_average_after"] = os.getloadavg()
     if "densenet121@224" in results:
         row = results["densenet121@224"]
@@ -163,9 +168,15 @@ def main() -> None:
             print(f"  {name:<26} {value:6.2f}  target {op} {bound}  {'met' if met else 'NOT met'}")
         results["targets"] = {k: {"value": v, "target": f"{TARGETS[k][0]} {TARGETS[k][1]}"} for k, v in measured.items()}
     print(f"\nload average before/after: {results['load_average']} / {results['load_average_after']}")
+    save(args.out, results)
     if args.out is not None:
-        args.out.write_text(json.dumps(results, indent=1) + "\n")
         print(f"wrote {args.out}")
+
+
+def save(path: Path | None, results: dict[str, object]) -> None:
+    """Write the results so far (a long run killed midway keeps its finished sections)."""
+    if path is not None:
+        path.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

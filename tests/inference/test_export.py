@@ -176,3 +176,19 @@ def test_int8_is_kept_or_refused_by_the_validation_auroc(runs):
     int8_probs = predictor.predict_paths(paths)
     probs = [c for c in torch_probs.columns if c.startswith("prob_")]
     assert np.abs(int8_probs[probs].to_numpy() - torch_probs[probs].to_numpy()).max() < 0.1
+
+
+def test_service_model_set_runs_the_onnx_files(runs):
+    from cxrlab.serve.models import ModelSet
+
+    copies, paths, _ = runs
+    onnx_set = ModelSet(copies["classifier"], screening=copies["screening"], pneumothorax=copies["pneumothorax"],
+                        backend="onnx")
+    assert {v["backend"] for v in onnx_set.versions().values()} == {"onnx"}
+    torch_set = ModelSet(copies["classifier"], screening=copies["screening"], pneumothorax=copies["pneumothorax"])
+    got, want = onnx_set.analyze(paths[1]), torch_set.analyze(paths[1])
+    assert [f["label"] for f in got.findings] == [f["label"] for f in want.findings]
+    np.testing.assert_allclose([f["probability"] for f in got.findings], [f["probability"] for f in want.findings],
+                               atol=1e-4)
+    assert got.screening["decision"] == want.screening["decision"]
+    assert got.pneumothorax["area_fraction"] == want.pneumothorax["area_fraction"]
