@@ -222,5 +222,5 @@ def export_onnx(
         write.diff = diff  # type: ignore[attr-defined]
 
     atomic_write(path, write)
-    log.info("exported %s (max |diff| %.3g)", path, write.diff)  # type: ignore[attr-defined]
+    log.debug("exported %s (max |diff| %.3g)", path, write.diff)  # type: ignore[attr-defined]
     return write.diff  # type: ignore[attr-defined]
