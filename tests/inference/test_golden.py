@@ -22,9 +22,8 @@ _spec.loader.exec_module(golden)
 
 
 @pytest.fixture(scope="module")
-def runs_and_images(tmp_path_factory):
-    root = tmp_path_factory.mktemp("golden")
-    return golden.train_runs(root), golden.images(root / "images")
+def runs_and_images(golden_runs):
+    return golden_runs
 
 
 def _same(got, want, where=""):

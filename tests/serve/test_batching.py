@@ -243,3 +243,10 @@ def test_cli_passes_the_batching_options(serve_checkpoint, tmp_path, monkeypatch
     assert refused.exit_code == 2 and "did you mean 'onnx'" in refused.output
     assert runner.invoke(app, [*base, "--max-batch", "0"], env=env).exit_code == 2
     assert len(captured) == 2
+
+
+def test_service_backends_are_the_inference_layers():
+    from cxrlab.inference.backends import BACKENDS
+    from cxrlab.serve.settings import BACKENDS as SERVE_BACKENDS
+
+    assert SERVE_BACKENDS == BACKENDS

@@ -35,6 +35,8 @@ COMMANDS = {
                                                 "compare.", kind="register"),
     "demo": Lazy("cxrlab.cli.train", "register", "Phantoms, a small CPU model, evaluation, a "
                                                  "real DICOM.", kind="register"),
+    "export": Lazy("cxrlab.cli.export", "register", "A run's networks to ONNX (parity-checked), "
+                                                    "optionally INT8.", kind="register"),
     "serve": Lazy("cxrlab.cli.serve", "register", "The HTTP inference service.",
                   kind="register"),
     "screen": Lazy("cxrlab.cli.screen", "app", "Normal screening: per-disease multi-task "

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cxrlab.cli.errors import user_errors
+from cxrlab.cli.export import BACKEND_HELP, PROVIDERS_HELP, backend_choice
 
 app = typer.Typer(help="Normal screening: per-disease multi-task ensemble + SVM (seed 003).",
                   no_args_is_help=True)
@@ -102,6 +103,8 @@ def predict_cmd(
     variant: str = typer.Option(None, help="ensemble (default) or shared."),
     out: Path = typer.Option(None, "--out", help="Also write the predictions to this CSV."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (counted)."),
+    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
+    providers: str = typer.Option(None, "--providers", help=PROVIDERS_HELP),
 ) -> None:
     """Per image: normal/abnormal, probability, most likely diseases, risk group."""
     from cxrlab.errors import SkipLog
@@ -109,8 +112,10 @@ def predict_cmd(
     from cxrlab.inference.screening import predict_screening
     from cxrlab.utils import atomic_write_text
 
+    backend, provider_list = backend_choice(backend, providers)
     skips = SkipLog("skip" if skip_bad else "raise")
-    frame = predict_screening(run_dir, iter_image_paths(images), variant=variant, skips=skips)
+    frame = predict_screening(run_dir, iter_image_paths(images), variant=variant, skips=skips, backend=backend,
+                              providers=provider_list)
     if out is not None:
         atomic_write_text(out, frame.to_csv(index=False))
         console.print(f"wrote {len(frame)} prediction(s) to {out}")

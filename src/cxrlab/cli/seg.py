@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from cxrlab.cli.errors import print_markdown, quiet_lightning, user_errors
+from cxrlab.cli.export import BACKEND_HELP, PROVIDERS_HELP, backend_choice
 
 app = typer.Typer(help="Pneumothorax segmentation: baseline U-Net vs the gated One Case cascade.",
                   no_args_is_help=True)
@@ -73,13 +74,16 @@ def predict_cmd(
     rle: bool = typer.Option(False, "--rle", help="Also write the Kaggle submission.csv (RLE)."),
     model: str = typer.Option("cascade", "--model", help="cascade (gate + One Case U-Net) or baseline."),
     row: str = typer.Option(None, "--postprocess", help="Tuned row to apply (default: best on validation)."),
+    backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
+    providers: str = typer.Option(None, "--providers", help=PROVIDERS_HELP),
 ) -> None:
     """Predict pneumothorax masks; write masks, overlays and optionally Kaggle RLE."""
     from cxrlab.inference.pneumothorax import export_predictions, predict_masks
     from cxrlab.inference.classifier import iter_image_paths
 
+    backend, provider_list = backend_choice(backend, providers)
     paths = iter_image_paths(images)
-    predictions = predict_masks(run_dir, paths, model=model, row=row)
+    predictions = predict_masks(run_dir, paths, model=model, row=row, backend=backend, providers=provider_list)
     files = export_predictions(predictions, out, rle=rle)
     with_mask = sum(bool(p.mask.any()) for p in predictions)
     console.print(f"{len(predictions)} image(s), {with_mask} with a pneumothorax mask; wrote {out}")

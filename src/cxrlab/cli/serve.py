@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
                                            "each upload alone)."),
         batch_wait_ms: float = typer.Option(10.0, "--batch-wait-ms", min=0.0, max=10_000.0,
                                             help="Longest wait of a queued image for batch-mates, in ms."),
-        backend: str = typer.Option("torch", "--backend", help="Inference backend: torch or onnx."),
+        backend: str = typer.Option("torch", "--backend", help="Inference backend: torch, onnx or onnx-int8 (export the runs first: cxrlab export RUN_DIR)."),
         dicom_port: int = typer.Option(None, "--dicom-port", min=0, max=65535,
                                        help="Also listen for DICOM C-ECHO/C-STORE on this port (same --host)."),
         ae_title: str = typer.Option("CXRLAB", "--ae-title", help="This node's AE title (listener and forwarding)."),

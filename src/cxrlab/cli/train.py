@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cxrlab.cli.errors import user_errors
+from cxrlab.cli.export import BACKEND_HELP, PROVIDERS_HELP, backend_choice
 from cxrlab.report.tables import auroc_table, fmt as _fmt
 
 console = Console()
@@ -79,14 +80,18 @@ def register(app: typer.Typer) -> None:
         images: list[Path] = typer.Argument(..., help="DICOM/PNG/JPEG files or folders."),
         out: Path = typer.Option(None, "--out", help="Write predictions to this CSV."),
         skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip unreadable images (counted)."),
+        backend: str = typer.Option("torch", "--backend", help=BACKEND_HELP),
+        providers: str = typer.Option(None, "--providers", help=PROVIDERS_HELP),
     ) -> None:
         """Per-image probabilities and decisions at the checkpoint's thresholds."""
         from cxrlab.errors import SkipLog
         from cxrlab.inference.classifier import iter_image_paths, predict_images
         from cxrlab.utils import atomic_write_text
 
+        backend, provider_list = backend_choice(backend, providers)
         skips = SkipLog("skip" if skip_bad else "raise")
-        frame = predict_images(checkpoint, iter_image_paths(images), skips=skips)
+        frame = predict_images(checkpoint, iter_image_paths(images), skips=skips, backend=backend,
+                               providers=provider_list)
         if out is not None:
             atomic_write_text(out, frame.to_csv(index=False))
             console.print(f"wrote {len(frame)} prediction(s) to {out}")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxrlab.errors import OnnxModelError
+from cxrlab.errors import ConfigError, MissingFileError, OnnxModelError
 from cxrlab.utils import atomic_write
 
 log = logging.getLogger(__name__)
@@ -24,18 +24,37 @@ log = logging.getLogger(__name__)
 INPUT_NAME = "image"
 OUTPUT_NAME = "output"
 
+BACKENDS = ("torch", "onnx", "onnx-int8")
+"""What a predictor runs its networks with: PyTorch eager, the exported ONNX file, or its
+INT8 quantization (``cxrlab export --quantize int8``), both through ONNX Runtime."""
+
+EXPORT_DIR = "export"
+"""The folder, next to a checkpoint, that ``cxrlab export`` writes its ONNX file into."""
+
+
+def exported_path(checkpoint: str | Path, int8: bool = False) -> Path:
+    """Where ``cxrlab export`` puts the ONNX file of ``checkpoint``.
+
+    ``run/best_auroc.pt`` -> ``run/export/best_auroc.onnx`` (``best_auroc.int8.onnx`` for
+    the INT8 quantization); every network of a run follows the same rule
+    (``gate/export/best_loss.onnx``, ``baseline/export/best.onnx``, ...).
+    """
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent / EXPORT_DIR / f"{checkpoint.stem}{'.int8' if int8 else ''}.onnx"
+
 
 class TorchBackend:
     """Run a ``torch.nn.Module`` in eval mode without gradients."""
 
     name = "torch"
 
-    def __init__(self, module: torch.nn.Module, device: str | torch.device = "cpu") -> None:
+    def __init__(self, module: torch.nn.Module, device: str | torch.device | None = None) -> None:
         self.module = module.eval()
-        self.device = torch.device(device)
+        self.device = torch.device(device) if device is not None else None
 
     @torch.no_grad()
     def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        # A tensor stays where the caller put it (evaluation moves model and batch together).
         x = torch.as_tensor(batch, dtype=torch.float32, device=self.device)
         return self.module(x).float().cpu().numpy()
 
@@ -89,6 +108,61 @@ class OnnxBackend:
             batch = batch.detach().cpu().numpy()
         x = np.ascontiguousarray(batch, dtype=np.float32)
         return self.session.run(None, {self.input_name: x})[0]
+
+
+def check_metadata(path: str | Path, metadata: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Compare an ONNX file's metadata with what the run says.
+
+    Raises:
+        OnnxModelError: naming ``path``, the first key whose value differs (a file exported
+            from another checkpoint, with other labels or another input size).
+    """
+    for key, want in expected.items():
+        got = metadata.get(key)
+        if got != want:
+            raise OnnxModelError(path, f"metadata {key!r} is {got!r} but the run's is {want!r}; "
+                                       "the file was exported from another model (run `cxrlab export` again)")
+
+
+def open_backend(
+    backend: str,
+    module: torch.nn.Module,
+    checkpoint: str | Path,
+    expected: dict[str, Any],
+    input_shape: tuple[int, int, int],
+    providers: list[str] | None = None,
+    onnx_path: str | Path | None = None,
+    threads: int | None = None,
+) -> TorchBackend | OnnxBackend:
+    """The backend a predictor runs one network with.
+
+    Args:
+        backend: One of :data:`BACKENDS`.
+        module: The network loaded from ``checkpoint`` (used as it is for ``torch``).
+        checkpoint: The weights file; the ONNX file is :func:`exported_path` of it unless
+            ``onnx_path`` is given.
+        expected: Metadata the ONNX file must carry (model version, labels, ...).
+        input_shape: ``(C, H, W)`` the network takes.
+        providers: ONNX Runtime execution providers, in order of preference (CPU when
+            none of them is available).
+        threads: ONNX Runtime intra-op threads (None: its default).
+
+    Raises:
+        ConfigError: Unknown backend. MissingFileError: No export yet.
+        OnnxModelError: A corrupt file, or one from another model (named).
+    """
+    if backend not in BACKENDS:
+        raise ConfigError("--backend", f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return TorchBackend(module)
+    path = Path(onnx_path) if onnx_path is not None else exported_path(checkpoint, int8=backend == "onnx-int8")
+    if not path.is_file():
+        hint = " --quantize int8" if backend == "onnx-int8" else ""
+        raise MissingFileError(path, f"no ONNX export of {Path(checkpoint).name}; run `cxrlab export RUN_DIR{hint}` "
+                                     "first")
+    runner = OnnxBackend(path, providers=providers, threads=threads, expect_shape=input_shape)
+    check_metadata(path, runner.metadata, expected)
+    return runner
 
 
 def read_metadata(session: Any) -> dict[str, Any]:
@@ -148,5 +222,5 @@ def export_onnx(
         write.diff = diff  # type: ignore[attr-defined]
 
     atomic_write(path, write)
-    log.info("exported %s (max |diff| %.3g)", path, write.diff)  # type: ignore[attr-defined]
+    log.debug("exported %s (max |diff| %.3g)", path, write.diff)  # type: ignore[attr-defined]
     return write.diff  # type: ignore[attr-defined]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".jpg", ".jpeg"}
 
@@ -53,3 +55,9 @@ def iter_image_paths(items: Iterable[str | Path]) -> list[Path]:
         else:
             paths.append(item)
     return paths
+
+
+def input_shape(tensor: Callable[[np.ndarray], Any]) -> tuple[int, int, int]:
+    """``(C, H, W)`` a predictor's ``tensor`` makes of an image (a small ramp is preprocessed)."""
+    probe = np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (48, 1))
+    return tuple(int(n) for n in tensor(probe).shape)  # type: ignore[return-value]

@@ -13,7 +13,8 @@ import torch
 
 from cxrlab.data.transforms import PreprocessConfig, preprocess, to_tensor
 from cxrlab.errors import ConfigError, InputError, MissingFileError, SkipLog
-from cxrlab.inference.base import ModelInfo, file_version, iter_image_paths
+from cxrlab.inference.backends import OnnxBackend, TorchBackend, open_backend
+from cxrlab.inference.base import ModelInfo, file_version, input_shape, iter_image_paths
 from cxrlab.io import read_image
 
 log = logging.getLogger(__name__)
@@ -37,14 +38,21 @@ class ClassifierPredictor:
     then maps decoded pixels to per-label probabilities many times. Training's evaluation,
     ``cxrlab predict``, explain, the pneumothorax gate and the service all go through it.
 
+    The network runs through a backend (:mod:`cxrlab.inference.backends`): PyTorch eager
+    by default, or the run's exported ONNX file; ``model`` stays the PyTorch module either
+    way (Grad-CAM needs its gradients, so explanations always run in PyTorch).
+
     Args:
         model: The network (put in eval mode).
         meta: The checkpoint's metadata.
         info: What responses say about the model.
+        backend: What computes the logits (default: ``TorchBackend(model)``).
     """
 
-    def __init__(self, model: torch.nn.Module, meta: dict[str, Any], info: ModelInfo | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, meta: dict[str, Any], info: ModelInfo | None = None,
+                 backend: TorchBackend | OnnxBackend | None = None) -> None:
         self.model = model.eval()
+        self.backend = backend if backend is not None else TorchBackend(self.model)
         self.meta = meta
         self.labels: list[str] = [str(label) for label in meta.get("labels") or []]
         if not self.labels or len(self.labels) != int(meta.get("num_classes", len(self.labels))):
@@ -56,21 +64,44 @@ class ClassifierPredictor:
         self.info = info or ModelInfo(kind="classifier", name=str(meta.get("run_name", "")), version="", files=())
 
     @classmethod
-    def from_run_dir(cls, path: str | Path, kind: str = "classifier") -> ClassifierPredictor:
+    def from_run_dir(cls, path: str | Path, kind: str = "classifier", backend: str = "torch",
+                     providers: list[str] | None = None, onnx_path: str | Path | None = None,
+                     threads: int | None = None) -> ClassifierPredictor:
         """Load a ``.pt`` checkpoint or a classification run directory.
 
+        Args:
+            path: The checkpoint, or a run directory (its ``best_auroc.pt``).
+            kind: What :class:`ModelInfo` calls it.
+            backend: ``torch``, ``onnx`` or ``onnx-int8`` (the file ``cxrlab export`` wrote
+                next to the checkpoint, or ``onnx_path``).
+            providers: ONNX Runtime execution providers (e.g. ``["CUDAExecutionProvider"]``).
+            threads: ONNX Runtime intra-op threads.
+
         Raises:
-            MissingFileError: No such checkpoint. ConfigError: Metadata without labels.
+            MissingFileError: No such checkpoint, or no ONNX export. ConfigError: Metadata
+                without labels. OnnxModelError: The ONNX file is corrupt or from another model.
         """
         from cxrlab.models.weights import load_model_checkpoint
 
         checkpoint = resolve_checkpoint(path)
         model, meta = load_model_checkpoint(checkpoint)
         name = meta.get("run_name") or (Path(path).name if Path(path).is_dir() else checkpoint.stem)
-        info = ModelInfo(kind=kind, name=str(name), version=file_version([checkpoint]), files=(str(checkpoint),),
-                         details={"arch": meta.get("arch"), "labels": [str(x) for x in meta.get("labels") or []],
-                                  "input_size": meta.get("input_size")})
-        return cls(model, meta, info)
+        version = file_version([checkpoint])
+        labels = [str(x) for x in meta.get("labels") or []]
+        info = ModelInfo(kind=kind, name=str(name), version=version, files=(str(checkpoint),),
+                         details={"arch": meta.get("arch"), "labels": labels,
+                                  "input_size": meta.get("input_size"), "backend": backend})
+        predictor = cls(model, meta, info)
+        if backend != "torch":
+            predictor.backend = open_backend(backend, predictor.model, checkpoint,
+                                             {"model_version": version, "labels": labels},
+                                             predictor.input_shape(), providers=providers,
+                                             onnx_path=onnx_path, threads=threads)
+        return predictor
+
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, S, S)`` of the network's input."""
+        return input_shape(self.tensor)
 
     def tensor(self, pixels: np.ndarray) -> torch.Tensor:
         """The ``(C, S, S)`` model input for decoded pixels, preprocessed as in training."""
@@ -81,10 +112,9 @@ class ClassifierPredictor:
         """Read one image (DICOM/PNG/JPEG) and preprocess it (:meth:`tensor`)."""
         return self.tensor(read_image(path).pixels)
 
-    @torch.no_grad()
-    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
+    def probabilities(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
         """Sigmoid probabilities ``[N, K]`` of a ``(N, C, S, S)`` batch of model inputs."""
-        return torch.sigmoid(self.model(batch).float()).cpu().numpy()
+        return torch.sigmoid(torch.from_numpy(self.backend(batch))).numpy()
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities ``[K]`` of one decoded image."""
@@ -134,9 +164,10 @@ class ClassifierPredictor:
 
 
 def predict_images(checkpoint: str | Path, paths: Sequence[str | Path], batch_size: int = 8,
-                   on_error: str = "raise", skips: SkipLog | None = None) -> pd.DataFrame:
+                   on_error: str = "raise", skips: SkipLog | None = None, backend: str = "torch",
+                   providers: list[str] | None = None) -> pd.DataFrame:
     """:meth:`ClassifierPredictor.predict_paths` of a checkpoint or run directory."""
-    return ClassifierPredictor.from_run_dir(checkpoint).predict_paths(
+    return ClassifierPredictor.from_run_dir(checkpoint, backend=backend, providers=providers).predict_paths(
         paths, batch_size=batch_size, skips=skips if skips is not None else SkipLog(on_error))
 
 

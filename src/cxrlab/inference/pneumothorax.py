@@ -17,7 +17,8 @@ import yaml
 from cxrlab.config.pneumothorax import MODELS
 from cxrlab.data.transforms import PreprocessConfig, preprocess, to_tensor
 from cxrlab.errors import ConfigError, MissingFileError
-from cxrlab.inference.base import ModelInfo, file_version
+from cxrlab.inference.backends import OnnxBackend, TorchBackend, open_backend
+from cxrlab.inference.base import ModelInfo, file_version, input_shape
 from cxrlab.inference.classifier import ClassifierPredictor
 from cxrlab.inference.postprocess import Postprocess, hflip_tta, restore_mask
 from cxrlab.io import read_image
@@ -88,19 +89,35 @@ class UNetPredictor:
     """A U-Net checkpoint with its preprocessing: foreground probabilities, plain or flip-TTA.
 
     The pneumothorax evaluation (before any post-processing is tuned) and
-    :class:`PneumothoraxPredictor` both run the U-Net through it.
+    :class:`PneumothoraxPredictor` both run the U-Net through it, with PyTorch (default)
+    or the checkpoint's ONNX export as the backend.
     """
 
-    def __init__(self, unet: torch.nn.Module, meta: dict[str, Any]) -> None:
+    def __init__(self, unet: torch.nn.Module, meta: dict[str, Any],
+                 backend: TorchBackend | OnnxBackend | None = None) -> None:
         self.unet = unet.eval()
         self.meta = meta
         self.preprocessing = PreprocessConfig.from_dict(meta["preprocessing"])
+        self.backend = backend if backend is not None else TorchBackend(self.unet)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> UNetPredictor:
-        """Load a U-Net checkpoint (``baseline/best.pt``, ``one_case/best.pt``)."""
+    def from_checkpoint(cls, path: str | Path, backend: str = "torch", providers: list[str] | None = None,
+                        threads: int | None = None) -> UNetPredictor:
+        """Load a U-Net checkpoint (``baseline/best.pt``, ``one_case/best.pt``).
+
+        ``backend``: ``torch``, ``onnx`` or ``onnx-int8`` (see
+        :func:`cxrlab.inference.backends.open_backend`).
+        """
         unet, meta = load_segmentation_checkpoint(path)
-        return cls(unet, meta)
+        predictor = cls(unet, meta)
+        if backend != "torch":
+            predictor.backend = open_backend(backend, predictor.unet, path, {"model_version": file_version([Path(path)])},
+                                             predictor.input_shape(), providers=providers, threads=threads)
+        return predictor
+
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, S, S)`` of the U-Net's input."""
+        return input_shape(self.tensor)
 
     def tensor(self, pixels: np.ndarray) -> torch.Tensor:
         """The U-Net's ``(C, S, S)`` input for decoded pixels."""
@@ -114,7 +131,7 @@ class UNetPredictor:
         image's (``plain``: the un-flipped result when already computed)."""
 
         def probability(images: torch.Tensor) -> torch.Tensor:
-            return foreground_probability(self.unet(images))
+            return foreground_probability(torch.from_numpy(self.backend(images)))
 
         return hflip_tta(probability, batch, plain=plain) if tta else probability(batch)
 
@@ -134,9 +151,9 @@ class PneumothoraxPredictor:
         info: What responses say about the model.
     """
 
-    def __init__(self, unet: torch.nn.Module, meta: dict[str, Any], post: Postprocess, row: str, model: str,
-                 gate: ClassifierPredictor | None, info: ModelInfo) -> None:
-        self.segmenter = UNetPredictor(unet, meta)
+    def __init__(self, unet: torch.nn.Module | UNetPredictor, meta: dict[str, Any], post: Postprocess, row: str,
+                 model: str, gate: ClassifierPredictor | None, info: ModelInfo) -> None:
+        self.segmenter = unet if isinstance(unet, UNetPredictor) else UNetPredictor(unet, meta)
         self.unet = self.segmenter.unet
         self.meta = meta
         self.post = post
@@ -150,8 +167,9 @@ class PneumothoraxPredictor:
                               f"the gate predicts {gate.labels}, not Pneumothorax")
 
     @classmethod
-    def from_run_dir(cls, run_dir: str | Path, model: str | None = None,
-                     row: str | None = None) -> PneumothoraxPredictor:
+    def from_run_dir(cls, run_dir: str | Path, model: str | None = None, row: str | None = None,
+                     backend: str = "torch", providers: list[str] | None = None,
+                     threads: int | None = None) -> PneumothoraxPredictor:
         """Load a pneumothorax run directory.
 
         Args:
@@ -159,10 +177,13 @@ class PneumothoraxPredictor:
             model: ``cascade`` or ``baseline``; None = the cascade when the run has a gate
                 and a tuned cascade, else the baseline.
             row: The post-processing row; None = the best on validation.
+            backend: ``torch``, ``onnx`` or ``onnx-int8`` for the U-Net and the gate (the
+                files ``cxrlab export RUN_DIR`` wrote).
+            providers: ONNX Runtime execution providers. threads: Its intra-op threads.
 
         Raises:
-            MissingFileError: No such run, checkpoint or tuned post-processing.
-            ConfigError: Unknown model or row.
+            MissingFileError: No such run, checkpoint, tuned post-processing or ONNX export.
+            ConfigError: Unknown model or row. OnnxModelError: An ONNX file from another model.
         """
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
@@ -185,14 +206,17 @@ class PneumothoraxPredictor:
         else:
             chosen, post = choose_postprocess(run_dir, model, row)
         unet_path = run_dir / ("baseline" if model == "baseline" else "one_case") / "best.pt"
-        unet, meta = load_segmentation_checkpoint(unet_path)
-        gate = (ClassifierPredictor.from_run_dir(gate_checkpoint(run_dir), kind="pneumothorax-gate")
+        segmenter = UNetPredictor.from_checkpoint(unet_path, backend=backend, providers=providers, threads=threads)
+        gate = (ClassifierPredictor.from_run_dir(gate_checkpoint(run_dir), kind="pneumothorax-gate", backend=backend,
+                                                 providers=providers, threads=threads)
                 if model == "cascade" else None)
         files = [unet_path] + ([Path(gate.info.files[0])] if gate is not None else [])
+        meta = segmenter.meta
         info = ModelInfo(kind="pneumothorax", name=run_dir.name, version=file_version(files),
                          files=tuple(map(str, files)),
-                         details={"model": model, "postprocess": chosen, "encoder": meta.get("encoder")})
-        return cls(unet, meta, post, chosen, model, gate, info)
+                         details={"model": model, "postprocess": chosen, "encoder": meta.get("encoder"),
+                                  "backend": backend})
+        return cls(segmenter, meta, post, chosen, model, gate, info)
 
     def tensor(self, pixels: np.ndarray) -> torch.Tensor:
         """The U-Net's ``(C, S, S)`` input for decoded pixels."""
@@ -228,10 +252,12 @@ class PneumothoraxPredictor:
 
 
 def predict_masks(run_dir: str | Path, paths: Sequence[str | Path], model: str = "cascade",
-                  row: str | None = None, batch_size: int = 8) -> list[MaskPrediction]:
+                  row: str | None = None, batch_size: int = 8, backend: str = "torch",
+                  providers: list[str] | None = None) -> list[MaskPrediction]:
     """Masks for images (DICOM/PNG/JPEG) with a run's model and tuned post-processing
-    (:class:`PneumothoraxPredictor`, batches of ``batch_size``)."""
-    predictor = PneumothoraxPredictor.from_run_dir(run_dir, model=model, row=row)
+    (:class:`PneumothoraxPredictor`, batches of ``batch_size``, networks run by ``backend``)."""
+    predictor = PneumothoraxPredictor.from_run_dir(run_dir, model=model, row=row, backend=backend,
+                                                   providers=providers)
     out: list[MaskPrediction] = []
     for start in range(0, len(paths), batch_size):
         chunk = [read_image(p) for p in paths[start:start + batch_size]]

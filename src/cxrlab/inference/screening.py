@@ -16,19 +16,36 @@ from cxrlab.config.screening import load_screening_config, slug
 from cxrlab.data.screening import screening_preprocess
 from cxrlab.data.transforms import to_tensor
 from cxrlab.errors import ConfigError, InputError, MissingFileError, SkipLog
-from cxrlab.inference.base import ModelInfo, file_version
+from cxrlab.inference.backends import OnnxBackend, TorchBackend, open_backend
+from cxrlab.inference.base import ModelInfo, file_version, input_shape
 from cxrlab.io import read_image
 
 log = logging.getLogger(__name__)
+
+
+def variant_checkpoints(run_dir: Path, variant: str, diseases: list[str]) -> list[Path]:
+    """The checkpoint files of a variant in disease order (one, ``shared.pt``, for ``shared``)."""
+    names = ["shared"] if variant == "shared" else [f"model_{slug(d)}" for d in diseases]
+    return [Path(run_dir) / variant / f"{name}.pt" for name in names]
 
 
 def load_variant(run_dir: Path, variant: str, diseases: list[str]) -> list[Any]:
     """The trained networks of a variant in disease order (one for ``shared``)."""
     from cxrlab.models.multitask import load_multitask_checkpoint
 
-    folder = Path(run_dir) / variant
-    names = ["shared"] if variant == "shared" else [f"model_{slug(d)}" for d in diseases]
-    return [load_multitask_checkpoint(folder / f"{name}.pt")[0].eval() for name in names]
+    return [load_multitask_checkpoint(path)[0].eval() for path in variant_checkpoints(run_dir, variant, diseases)]
+
+
+class ClassificationLogits(torch.nn.Module):
+    """A multi-task network's classification logits alone (no reconstruction): what the
+    predictor runs and what ``cxrlab export`` writes to ONNX."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x, reconstruct=False)[0]
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -62,9 +79,17 @@ class ScreeningPredictor:
         run_dir: The run (``cxrlab screen train``).
         variant: ``ensemble`` or ``shared``; None = the ensemble when trained.
         top: How many likely diseases to report.
+        backend: ``torch``, ``onnx`` or ``onnx-int8`` for the networks (the files
+            ``cxrlab export RUN_DIR`` wrote); the SVM is scikit-learn either way.
+        providers: ONNX Runtime execution providers. threads: Its intra-op threads.
+
+    Raises:
+        MissingFileError: Not a screening run, an untrained SVM, or no ONNX export.
+        OnnxModelError: An ONNX file from another model (named).
     """
 
-    def __init__(self, run_dir: str | Path, variant: str | None = None, top: int = 3) -> None:
+    def __init__(self, run_dir: str | Path, variant: str | None = None, top: int = 3, backend: str = "torch",
+                 providers: list[str] | None = None, threads: int | None = None) -> None:
         run_dir = Path(run_dir)
         if not (run_dir / "config.yaml").is_file():
             raise MissingFileError(run_dir, "not a screening run directory (no config.yaml)")
@@ -78,31 +103,37 @@ class ScreeningPredictor:
         self.svm, self.point = load_second_classifier(run_dir, self.variant)
         self.top = top
         self.preprocessing = self.cfg.preprocess()
+        checkpoints = variant_checkpoints(run_dir, self.variant, self.diseases)
+        self.backends: list[TorchBackend | OnnxBackend] = [TorchBackend(ClassificationLogits(net)) for net in self.nets]
+        if backend != "torch":
+            shape = input_shape(self.tensor)
+            self.backends = [open_backend(backend, net, path, {"model_version": file_version([path])}, shape,
+                                          providers=providers, threads=threads)
+                             for net, path in zip(self.nets, checkpoints)]
         folder = run_dir / self.variant
-        names = ["shared.pt"] if self.variant == "shared" else [f"model_{slug(d)}.pt" for d in self.diseases]
-        files = [folder / n for n in names] + [folder / "svm.pkl", folder / "operating_point.json"]
+        files = checkpoints + [folder / "svm.pkl", folder / "operating_point.json"]
         self.info = ModelInfo(kind="screening", name=run_dir.name, version=file_version(files),
                               files=tuple(map(str, files)),
                               details={"variant": self.variant, "diseases": self.diseases,
-                                       "target_sensitivity": self.point.get("target_sensitivity")})
+                                       "target_sensitivity": self.point.get("target_sensitivity"),
+                                       "backend": backend})
 
     @classmethod
-    def from_run_dir(cls, run_dir: str | Path, variant: str | None = None, top: int = 3) -> ScreeningPredictor:
+    def from_run_dir(cls, run_dir: str | Path, variant: str | None = None, top: int = 3, backend: str = "torch",
+                     providers: list[str] | None = None, threads: int | None = None) -> ScreeningPredictor:
         """Load a screening run directory (see the class)."""
-        return cls(run_dir, variant=variant, top=top)
+        return cls(run_dir, variant=variant, top=top, backend=backend, providers=providers, threads=threads)
 
     def tensor(self, pixels: np.ndarray) -> torch.Tensor:
         """The ``(C, S, S)`` input of the networks for decoded pixels."""
         image = screening_preprocess(pixels, self.preprocessing)
         return to_tensor(image, self.cfg.data.channels, self.cfg.data.normalization)
 
-    @torch.inference_mode()
     def logits(self, batch: torch.Tensor) -> np.ndarray:
-        """Concatenated logits ``[N, D, classes]`` of a ``(N, C, S, S)`` batch of inputs."""
+        """Concatenated logits ``[N, D, classes]`` of a ``(N, C, S, S)`` batch of inputs (one call per network)."""
         k = self.cfg.model.num_classes
         n = int(batch.shape[0])
-        return np.concatenate([net(batch, reconstruct=False)[0].reshape(n, -1, k).numpy()
-                               for net in self.nets], axis=1)
+        return np.concatenate([backend(batch).reshape(n, -1, k) for backend in self.backends], axis=1)
 
     def predict(self, pixels: np.ndarray) -> dict[str, Any]:
         """Decision, abnormal probability, threshold, SVM score, likely diseases, risk group."""
@@ -131,7 +162,8 @@ class ScreeningPredictor:
 
 
 def predict_screening(run_dir: str | Path, paths: Sequence[str | Path], variant: str | None = None,
-                      skips: SkipLog | None = None, top: int = 3) -> pd.DataFrame:
+                      skips: SkipLog | None = None, top: int = 3, backend: str = "torch",
+                      providers: list[str] | None = None) -> pd.DataFrame:
     """Screen image files with a trained run (:class:`ScreeningPredictor`).
 
     Returns:
@@ -141,7 +173,7 @@ def predict_screening(run_dir: str | Path, paths: Sequence[str | Path], variant:
         ``risk_group`` (the first configured group holding a disease whose model predicts
         its target class, ``none`` for a normal call, ``unspecified`` otherwise).
     """
-    predictor = ScreeningPredictor(run_dir, variant=variant, top=top)
+    predictor = ScreeningPredictor(run_dir, variant=variant, top=top, backend=backend, providers=providers)
     skips = skips or SkipLog("raise")
     records = []
     for path in paths:

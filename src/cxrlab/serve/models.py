@@ -110,11 +110,15 @@ class ModelSet:
         pneumothorax: Pneumothorax run directory, or None.
         cam_method: Grad-CAM method (a key of :data:`cxrlab.explain.cam.CAM_METHODS`).
         max_pixels: Largest image decoded.
+        backend: ``torch``, ``onnx`` or ``onnx-int8``: what runs the networks (the ONNX
+            files ``cxrlab export`` wrote); Grad-CAM always runs the classifier in PyTorch.
+        providers: ONNX Runtime execution providers (default CPU).
     """
 
     def __init__(self, classifier: str | Path, screening: str | Path | None = None,
                  pneumothorax: str | Path | None = None, cam_method: str = "gradcam",
-                 max_pixels: int | None = None) -> None:
+                 max_pixels: int | None = None, backend: str = "torch",
+                 providers: list[str] | None = None) -> None:
         from cxrlab.explain.cam import CAM_METHODS
         from cxrlab.io import DEFAULT_MAX_PIXELS
 
@@ -122,18 +126,19 @@ class ModelSet:
             raise ConfigError("cam_method", f"unknown CAM method {cam_method!r}; choose from {', '.join(CAM_METHODS)}")
         self.cam_method = cam_method
         self.max_pixels = max_pixels or DEFAULT_MAX_PIXELS
-        self.classifier = ClassifierPredictor.from_run_dir(classifier)
-        self.screening = ScreeningPredictor.from_run_dir(screening) if screening is not None else None
-        self.pneumothorax = PneumothoraxPredictor.from_run_dir(pneumothorax) if pneumothorax is not None else None
+        self.backend = backend
+        self.classifier = ClassifierPredictor.from_run_dir(classifier, backend=backend, providers=providers)
+        self.screening = (ScreeningPredictor.from_run_dir(screening, backend=backend, providers=providers)
+                          if screening is not None else None)
+        self.pneumothorax = (PneumothoraxPredictor.from_run_dir(pneumothorax, backend=backend, providers=providers)
+                             if pneumothorax is not None else None)
         self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Any) -> ModelSet:
         """Load the models a :class:`~cxrlab.serve.settings.ServeSettings` names."""
-        # the backend parameter of ModelSet comes with the inference layer's ONNX backends (issue 18 part A)
-        backend = {"backend": settings.backend} if settings.backend != "torch" else {}
         return cls(settings.classifier, settings.screening, settings.pneumothorax,
-                   cam_method=settings.cam_method, max_pixels=settings.max_pixels, **backend)
+                   cam_method=settings.cam_method, max_pixels=settings.max_pixels, backend=settings.backend)
 
     def versions(self) -> dict[str, dict[str, Any]]:
         """Role -> ``{kind, name, version, ...}`` of every loaded model."""

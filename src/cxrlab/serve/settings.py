@@ -21,8 +21,9 @@ from cxrlab.serve.destinations import STOW_TOKEN_ENV, Destination, check_ae_titl
 TOKEN_ENV = "CXRLAB_API_TOKEN"
 SALT_ENV = "CXRLAB_UID_SALT"
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
-BACKENDS: tuple[str, ...] = ("torch", "onnx")
-"""Inference backends of :mod:`cxrlab.inference.backends` the service can run."""
+BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+"""Inference backends the service can run: :data:`cxrlab.inference.backends.BACKENDS` (kept
+import-light here; a test checks the two agree)."""
 DEFAULT_CRITICAL_FINDINGS: tuple[str, ...] = ("Pneumothorax",)
 """Classifier labels whose positive decision puts a study at the top of the worklist."""
 
