@@ -111,3 +111,21 @@ def test_evaluate_and_predict_real_dicom(make_recipe, rg1_dir):
     assert np.all((probs >= 0) & (probs <= 1))
     # Lossless JPEG 2000 decodes to the same pixels, so the predictions agree exactly.
     np.testing.assert_allclose(probs[0], probs[1], rtol=0, atol=1e-6)
+
+
+def test_a_lone_last_training_batch_is_dropped_not_crashed(make_recipe):
+    """The concat head's BatchNorm1d cannot train on one image: a training split whose size
+    leaves a last batch of 1 drops that batch; validation keeps every image."""
+    from cxrlab.tasks.classification.data import make_loader, prepare_data
+
+    cfg = make_recipe()
+    prepared = prepare_data(cfg)
+    n = len(prepared.splits["train"].indices)
+    cfg = make_recipe(**{"data.batch_size": n - 1})
+    train_loader = make_loader(prepared, "train", cfg, train=True)
+    assert [len(b["image"]) for b in train_loader] == [n - 1]
+    valid_loader = make_loader(prepared, "valid", cfg, train=False)
+    assert sum(len(b["image"]) for b in valid_loader) == len(prepared.splits["valid"].indices)
+    cfg = make_recipe(**{"data.batch_size": 4})
+    sizes = [len(b["image"]) for b in make_loader(prepared, "train", cfg, train=True)]
+    assert sum(sizes) == n - (1 if n % 4 == 1 else 0) and min(sizes) > 1

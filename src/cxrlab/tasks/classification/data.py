@@ -192,12 +192,19 @@ def make_loader(prepared: PreparedData, split: str, cfg: ExperimentConfig, train
     else:
         sampler = EpochShuffleSampler(len(ds), shuffle_seed, shuffle=shuffle)
     workers = int(cfg.data.num_workers)
+    order = ShardedSampler(sampler) if shard else sampler
+    # A last training batch of one image cannot be trained: the concat head's BatchNorm1d
+    # needs two values per channel. Only that batch is dropped (the image is seen again in
+    # the next epoch's order); every other split size keeps its last partial batch.
+    lone_last = train and len(order) % micro == 1 and len(order) > 1
+    if lone_last:
+        log.info("%s: dropping the last training batch of 1 image (%d images, batch %d)", split, len(order), micro)
     return torch.utils.data.DataLoader(
         ds,
         batch_size=micro,
-        sampler=ShardedSampler(sampler) if shard else sampler,
+        sampler=order,
         num_workers=workers,
-        drop_last=False,
+        drop_last=lone_last,
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
         collate_fn=collate_items,  # batches read and normalized whole (ImageDataset.__getitems__)
