@@ -86,8 +86,10 @@ def test_trained_model_puts_more_map_energy_inside_the_lesion_than_outside(train
     # Energy per pixel is higher inside the lesion mask than outside it on most images...
     assert (inside > outside).mean() >= 0.5
     # ...and on average the mask holds well over its area's share of the map. (Over 9 training
-    # seeds on this machine: fraction 0.56-1.0, share 1.96-5.7; untrained 0.74-0.92.)
-    assert np.mean(shares) > 1.5
+    # seeds on this machine: fraction 0.56-1.0, share 1.96-5.7; untrained 0.74-0.92.) A map with
+    # no positive evidence at all is all zero (its share is NaN): allowed on a few images only.
+    assert np.isnan(shares).mean() <= 0.1
+    assert np.nanmean(shares) > 1.5
     # An untrained model of the same shape shows no such preference.
     torch.manual_seed(1)
     untrained = _small_classifier().eval()
@@ -95,7 +97,7 @@ def test_trained_model_puts_more_map_energy_inside_the_lesion_than_outside(train
     for image, mask in zip(positives, masks):
         cam = heatmap(untrained, image, 0, "gradcam", with_png=False).map
         shares_untrained.append(energy_in_box(cam, mask) / mask.mean())
-    assert np.mean(shares) > 1.5 * np.mean(shares_untrained)
+    assert np.nanmean(shares) > 1.5 * np.nanmean(shares_untrained)
 
 
 def test_heatmap_shapes_bilinear_upsampling_probability_and_png(trained):

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 import torch.distributed as dist
 
 from cxrlab.runs.rundir import process_rank
@@ -95,3 +96,15 @@ def start_group(devices: int, backend: str) -> tuple[int, int]:
 def _wait_for_workers() -> None:
     for worker in _WORKERS:
         worker.wait()
+
+
+@contextmanager
+def torch_threads(threads: int):
+    """Run a block with ``threads`` torch intra-op threads (0: leave as is), then restore."""
+    previous = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

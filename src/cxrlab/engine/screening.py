@@ -27,7 +27,6 @@ keeps it unless the weak labels improve the validation metric.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
@@ -123,18 +122,6 @@ class PlateauRule:
             return "stop"
         self.lr *= self.factor
         return "halve"
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int):
-    """Run a block with ``threads`` torch intra-op threads (0: leave as is), then restore."""
-    previous = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def resolve_device(name: str) -> torch.device:

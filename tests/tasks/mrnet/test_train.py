@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from cxrlab.cli.main import app
@@ -28,7 +29,17 @@ def run(tmp_path_factory):
     cfg = load_mrnet_config("configs/demo_mrnet.yaml", [
         "tasks=[acl]", "planes=[sagittal]", "train.epochs=3", "phantoms.n_train=30", "phantoms.n_valid=20",
         f"output.root={root}", "name=acl"])
-    return train(cfg)
+    assert cfg.train.threads == 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_dir = train(cfg)
+        # train.threads applies to the training only: the caller's setting comes back (a changed
+        # thread count leaked into later tests and changed their floating-point results)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    return run_dir
 
 
 def test_the_acl_network_separates_torn_from_intact_phantoms(run):

@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from cxrlab.config.mrnet import MRNetConfig, config_from_mapping
+from cxrlab.engine.distributed import torch_threads
 from cxrlab.metrics.classification import auroc, youden_threshold
 from cxrlab.models.mrnet import PlaneNet, create_plane_net, save_plane_checkpoint
 from cxrlab.utils import atomic_write_json, atomic_write_text
@@ -79,6 +80,13 @@ class MRNetModule(L.LightningModule):
 
 
 def train_plane(cfg: MRNetConfig, run_dir: Path, task: str, plane: str, progress: bool = False) -> Path:
+    """Train one plane network (see :func:`_train_plane`) with ``train.threads`` torch threads,
+    restoring the caller's thread count afterwards."""
+    with torch_threads(int(cfg.train.threads or 0)):
+        return _train_plane(cfg, run_dir, task, plane, progress)
+
+
+def _train_plane(cfg: MRNetConfig, run_dir: Path, task: str, plane: str, progress: bool = False) -> Path:
     """Train (or resume) the network of ``task`` and ``plane`` in ``run_dir/task/plane``.
 
     Returns:
@@ -94,8 +102,6 @@ def train_plane(cfg: MRNetConfig, run_dir: Path, task: str, plane: str, progress
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     seed = cfg.seed * 1009 + cfg.tasks.index(task) * 31 + cfg.planes.index(plane)
-    if cfg.train.threads:
-        torch.set_num_threads(int(cfg.train.threads))
     L.seed_everything(seed, workers=True, verbose=False)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -186,6 +192,13 @@ def fit_combiners(predictions: Any, cfg: MRNetConfig, tune: Any = None) -> dict[
 
 
 def train(cfg: MRNetConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = False) -> Path:
+    """Train the run (see :func:`_train`) with ``train.threads`` torch threads, restoring the
+    caller's thread count afterwards (a library call must not change the process's settings)."""
+    with torch_threads(int(cfg.train.threads or 0)):
+        return _train(cfg, resume=resume, overwrite=overwrite, progress=progress)
+
+
+def _train(cfg: MRNetConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = False) -> Path:
     """Train the recipe's grid, combine, evaluate; returns the run folder.
 
     Raises:
@@ -200,8 +213,6 @@ def train(cfg: MRNetConfig, *, resume: bool = False, overwrite: bool = False, pr
     run_dir = claim_run_directory(Path(cfg.output.root) / cfg.name, resume=resume, overwrite=overwrite,
                                   hint="pass --resume to continue it", kind="mrnet")
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    if cfg.train.threads:
-        torch.set_num_threads(int(cfg.train.threads))
     with run_status(run_dir) as status:
         splits = open_splits(cfg)
         write_split(run_dir, splits)

@@ -24,12 +24,8 @@ import pandas as pd
 
 from cxrlab.config.screening import ScreeningConfig, load_screening_config
 from cxrlab.data.screening import abnormal_truth
-from cxrlab.engine.screening import (
-    inference_cost_table,
-    measure_inference,
-    resolve_device,
-    torch_threads,
-)
+from cxrlab.engine.distributed import torch_threads
+from cxrlab.engine.screening import inference_cost_table, measure_inference, resolve_device
 from cxrlab.errors import MissingFileError, SkipLog
 from cxrlab.inference.screening import (
     _softmax,

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from cxrlab.config.screening import ScreeningConfig, load_screening_config
-from cxrlab.engine.screening import torch_threads
+from cxrlab.engine.distributed import torch_threads
 from cxrlab.errors import ConfigError, MissingFileError, SkipLog
 from cxrlab.inference.screening import load_second_classifier, load_variant
 from cxrlab.tasks.screening.data import ScreeningData, prepare_screening_data

@@ -40,7 +40,8 @@ from cxrlab.data.screening import (
     ScreeningStore,
     screening_augment,
 )
-from cxrlab.engine.screening import resolve_device, torch_threads
+from cxrlab.engine.distributed import torch_threads
+from cxrlab.engine.screening import resolve_device
 from cxrlab.tasks.screening.data import ScreeningData, _loader
 from cxrlab.utils import atomic_write_text
 
