@@ -28,6 +28,7 @@ from cxrlab.config.base import (
     resolve_options,
 )
 from cxrlab.data.datasets import path_options
+from cxrlab.utils import atomic_write_text
 
 Policy = Literal["ones", "zeros", "ignore", "multiclass"]
 Normalization = Literal["imagenet", "xrv", "unit"]
@@ -286,7 +287,6 @@ def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     """Write the resolved recipe as YAML, atomically."""
-    from cxrlab.utils import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 

@@ -16,7 +16,7 @@ import yaml
 from cxrlab.config import apply_overrides, read_recipe
 from cxrlab.config.base import build, resolve_options
 from cxrlab.data.datasets import path_options
-from cxrlab.data.screening import DilationConfig
+from cxrlab.data.screening import DilationConfig, dilation_from_dict
 from cxrlab.data.transforms import PreprocessConfig
 from cxrlab.errors import ConfigError
 from cxrlab.utils import atomic_write_text
@@ -188,7 +188,6 @@ class ScreeningConfig:
                                 clahe_tile_grid=d.clahe_tile_grid, equalize=d.equalize)
 
     def dilation(self) -> DilationConfig:
-        from cxrlab.data.screening import dilation_from_dict
 
         return dilation_from_dict(dict(self.data.dilation))
 

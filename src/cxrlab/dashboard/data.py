@@ -22,7 +22,10 @@ import numpy as np
 import pandas as pd
 
 from cxrlab.dashboard.index import SPLITS, RunRecord
+from cxrlab.data.datasets import load_dataset
 from cxrlab.errors import CSVFormatError, MissingFileError
+from cxrlab.metrics.classification import delong_paired_test
+from cxrlab.report import scaling
 
 RUN_COLUMNS = ("name", "kind", "state", "dataset", "tasks", "arch", "resolution", "loss", "seed", "date",
                "mean_auroc", "parent", "problem")
@@ -210,7 +213,6 @@ def compare_aurocs(records: Sequence[RunRecord], split: str, reference: str,
         Columns ``task, run, auroc, ci_low, ci_high, auroc_ci, delta, z, p_value, n_paired, note``;
         ``delta = AUROC(run) - AUROC(reference)`` on the paired studies.
     """
-    from cxrlab.metrics.classification import delong_paired_test
 
     by_name = {r.name: r for r in records}
     if reference not in by_name:
@@ -265,7 +267,6 @@ def scaling_tables(study_dir: str | Path) -> dict[str, pd.DataFrame]:
     as ``results.csv``; otherwise they are computed from ``results.csv`` with
     :mod:`cxrlab.report.scaling` (nothing is written).
     """
-    from cxrlab.report import scaling
 
     study_dir = Path(study_dir)
     results = scaling.load_results(study_dir)
@@ -562,7 +563,6 @@ def run_images(record: RunRecord, split: str | None = None) -> pd.DataFrame:
         return pd.DataFrame(columns=["path"])
     import yaml
 
-    from cxrlab.data.datasets import load_dataset
 
     cfg = yaml.safe_load((record.path / "config.yaml").read_text(encoding="utf-8"))
     data = cfg["data"]

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrlab.errors import InputError
+
 #: Outcomes of one case. ``ok``: read, and the result passed the checks;
 #: ``cxrlab-error``: a cxrlab InputError naming the file. Everything else is a failure.
 OUTCOMES = ("ok", "cxrlab-error", "error-without-file", "generic-exception", "silent-accept",
@@ -834,12 +836,11 @@ def _record(results, case, outcome, detail, seconds, progress) -> None:
 
 def _child(job_path: str) -> None:
     """The child: imports, RLIMIT_AS, then one JSON line before and after each case."""
+    import logging
+
     from cxrlab.data.transforms import PreprocessConfig, preprocess, to_tensor
-    from cxrlab.errors import InputError
     from cxrlab.io import read_image
     from cxrlab.io.limits import limit_address_space
-
-    import logging
 
     warnings.simplefilter("ignore")
     logging.getLogger("pydicom").setLevel(logging.ERROR)

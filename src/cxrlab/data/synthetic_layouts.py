@@ -37,6 +37,7 @@ import numpy as np
 
 from cxrlab.data.synthetic import FINDINGS, Phantom, check_findings, generate_phantom
 from cxrlab.errors import ConfigError
+from cxrlab.io.rle import rle_encode
 
 LAYOUTS = ("chexpert", "mimic", "siim", "nih", "folder", "vindr", "generic")
 MANIFEST = "synthetic_manifest.json"
@@ -454,7 +455,6 @@ class _Writer:
     def write_siim(self) -> None:
         from pydicom.uid import generate_uid
 
-        from cxrlab.io.rle import rle_encode
 
         others = tuple(f for f in FINDINGS if f != "pneumothorax")
         ptx = self._assign(self.n, ("pneumothorax",))

@@ -46,6 +46,7 @@ from cxrlab.engine.distributed import world
 from cxrlab.engine.metrics import Cumulative
 from cxrlab.errors import ConfigError
 from cxrlab.losses.screening import ScreeningLoss
+from cxrlab.metrics.classification import auroc
 from cxrlab.models.multitask import MultiTaskNet, SharedEncoderNet
 from cxrlab.utils import atomic_torch_save
 
@@ -173,7 +174,6 @@ def validation_metrics(model: Network, loader: DataLoader, loss_fn: ScreeningLos
     :class:`~cxrlab.engine.metrics.Cumulative`: under DDP (a sharded ``loader``) every rank
     gets the metrics of the whole validation set, each image counted once.
     """
-    from cxrlab.metrics.classification import auroc
 
     model.eval()
     per_item = _item_ce(loss_fn).to(device)
@@ -433,7 +433,6 @@ def compare_inference_cost(encoder: str = "densenet121", n_diseases: int = 13, s
                            bf16: bool = False) -> pd.DataFrame:
     """Per-disease ensemble (``n_diseases`` networks) vs shared encoder at ``size`` px,
     untrained weights (cost does not depend on them)."""
-    from cxrlab.models.multitask import MultiTaskNet, SharedEncoderNet
 
     small = (8, 8, 8, 8, 8, 8)      # decoder is never run at inference
     names = [f"d{k}" for k in range(n_diseases)]

@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrlab.data.datasets.base import boxes_mask
 from cxrlab.data.datasets.nih import NIH_IMAGE_SIZE, NIH_TO_CHEXPERT, read_nih_boxes
+from cxrlab.data.transforms import PreprocessConfig, preprocess, to_tensor
 from cxrlab.errors import (
     ConfigError,
     CSVFormatError,
@@ -41,6 +43,7 @@ from cxrlab.errors import (
     SkipLog,
 )
 from cxrlab.inference.classifier import ClassifierPredictor
+from cxrlab.io import read_image
 from cxrlab.utils import atomic_write, atomic_write_text
 
 SEED001_SHARED = {nih: NIH_TO_CHEXPERT[nih] for nih in ("Atelectasis", "Cardiomegaly", "Effusion")}
@@ -261,9 +264,6 @@ def prepared_input(path: str | Path, meta: dict[str, Any], boxes: pd.DataFrame):
         model's input tensor, the union of the boxes as a bool mask at the input size
         (through the same padding and resize as the image), and the boxes in input pixels.
     """
-    from cxrlab.data.datasets.base import boxes_mask
-    from cxrlab.data.transforms import PreprocessConfig, preprocess, to_tensor
-    from cxrlab.io import read_image
 
     pixels = read_image(path).pixels
     cfg = PreprocessConfig.from_dict(meta["preprocessing"])

@@ -16,6 +16,7 @@ from cxrlab.errors import ConfigError, InputError, MissingFileError, SkipLog
 from cxrlab.inference.backends import OnnxBackend, TorchBackend, open_backend
 from cxrlab.inference.base import ModelInfo, file_version, input_shape, iter_image_paths
 from cxrlab.io import read_image
+from cxrlab.models.weights import load_model_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,6 @@ class ClassifierPredictor:
             MissingFileError: No such checkpoint, or no ONNX export. ConfigError: Metadata
                 without labels. OnnxModelError: The ONNX file is corrupt or from another model.
         """
-        from cxrlab.models.weights import load_model_checkpoint
 
         checkpoint = resolve_checkpoint(path)
         model, meta = load_model_checkpoint(checkpoint)

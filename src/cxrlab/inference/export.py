@@ -34,12 +34,28 @@ from typing import Any
 import numpy as np
 import torch
 
+from cxrlab import __version__
+from cxrlab.config.screening import load_screening_config
+from cxrlab.data.synthetic import generate_phantom
 from cxrlab.errors import ConfigError, MissingFileError, OnnxModelError
-from cxrlab.inference.backends import INPUT_NAME, OnnxBackend, TorchBackend, export_onnx, exported_path
+from cxrlab.inference.backends import (
+    INPUT_NAME,
+    OnnxBackend,
+    TorchBackend,
+    export_onnx,
+    exported_path,
+)
 from cxrlab.inference.base import file_version, input_shape
 from cxrlab.inference.classifier import ClassifierPredictor, resolve_checkpoint
 from cxrlab.inference.pneumothorax import UNetPredictor, gate_checkpoint
-from cxrlab.inference.screening import ClassificationLogits, ScreeningPredictor, _softmax, variant_checkpoints
+from cxrlab.inference.screening import (
+    ClassificationLogits,
+    ScreeningPredictor,
+    _softmax,
+    variant_checkpoints,
+)
+from cxrlab.io import read_image
+from cxrlab.metrics.classification import multilabel_auroc
 from cxrlab.models.segmentation import foreground_probability
 from cxrlab.runs.rundir import read_run_json
 from cxrlab.utils import atomic_write
@@ -91,7 +107,6 @@ def _sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 def _common(kind: str, checkpoint: Path, shape: tuple[int, ...], **details: Any) -> dict[str, Any]:
-    from cxrlab import __version__
 
     return {"kind": kind, "model_version": file_version([checkpoint]), "checkpoint": checkpoint.name,
             "input_shape": list(shape), "channels": int(shape[0]), "cxrlab_version": __version__,
@@ -136,7 +151,6 @@ def _pneumothorax_networks(run_dir: Path) -> list[ExportNetwork]:
 
 
 def _screening_networks(run_dir: Path) -> list[ExportNetwork]:
-    from cxrlab.config.screening import load_screening_config
 
     cfg = load_screening_config(run_dir / "config.yaml")
     networks = []
@@ -203,8 +217,6 @@ def run_networks(path: str | Path) -> list[ExportNetwork]:
 def parity_images(size: int = 160) -> list[tuple[str, np.ndarray]]:
     """Images the parity check runs: three phantoms (one with a pneumothorax) and, when
     pydicom-data is installed, its real chest radiograph ``RG1_UNCR.dcm``."""
-    from cxrlab.data.synthetic import generate_phantom
-    from cxrlab.io import read_image
 
     images = [(f"phantom_{i}", generate_phantom(np.random.default_rng(900 + i), size, names).image)
               for i, names in enumerate([(), ("pneumothorax",), ("cardiomegaly", "effusion")])]
@@ -316,7 +328,12 @@ def quantize_static_int8(fp32_file: str | Path, out: str | Path, calibration: Se
     """Static QDQ INT8 quantization (per-channel weights) of an fp32 ONNX file, calibrated
     on ``calibration`` batches; the fp32 file's metadata is kept (``precision: int8``)."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -354,7 +371,6 @@ def mean_auroc(labels: np.ndarray, probabilities: np.ndarray) -> float:
     """Mean per-label AUROC over the labels with both classes present (unknown labels: NaN)."""
     import warnings
 
-    from cxrlab.metrics.classification import multilabel_auroc
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -15,13 +15,15 @@ import torch
 import yaml
 
 from cxrlab.config.pneumothorax import MODELS
-from cxrlab.data.transforms import PreprocessConfig, preprocess, to_tensor
+from cxrlab.data.transforms import PreprocessConfig, minmax_scale, preprocess, to_tensor
 from cxrlab.errors import ConfigError, MissingFileError
 from cxrlab.inference.backends import OnnxBackend, TorchBackend, open_backend
 from cxrlab.inference.base import ModelInfo, file_version, input_shape
 from cxrlab.inference.classifier import ClassifierPredictor
 from cxrlab.inference.postprocess import Postprocess, hflip_tta, restore_mask
-from cxrlab.io import read_image
+from cxrlab.io import read_image, write_png
+from cxrlab.io.rle import rle_encode
+from cxrlab.io.write import write_bytes_atomic
 from cxrlab.models.segmentation import (
     foreground_probability,
     load_segmentation_checkpoint,
@@ -280,10 +282,6 @@ def export_predictions(predictions: Sequence[MaskPrediction], out: str | Path, r
     import cv2
     import pandas as pd
 
-    from cxrlab.data.transforms import minmax_scale
-    from cxrlab.io import write_png
-    from cxrlab.io.rle import rle_encode
-    from cxrlab.io.write import write_bytes_atomic
 
     out = Path(out)
     records = []

@@ -28,6 +28,7 @@ import torch
 
 from cxrlab.config.pneumothorax import METHODS, METRICS, THRESHOLDS, SearchGrids
 from cxrlab.errors import ConfigError, InputError
+from cxrlab.metrics.segmentation import get_stats
 
 # ----------------------------------------------------------------------------- masks
 
@@ -432,7 +433,6 @@ def tune(method: str, probs: Any, truths: np.ndarray, grids: SearchGrids = Searc
 
 def _tune_min_area(tuned: Tuned, probs: np.ndarray, truths: np.ndarray, grids: SearchGrids, gate_probs: Any,
                    area: int) -> Tuned:
-    from cxrlab.metrics.segmentation import get_stats
 
     best = tuned
     for fraction in grids.min_area_fractions:

@@ -19,6 +19,7 @@ from cxrlab.errors import ConfigError, InputError, MissingFileError, SkipLog
 from cxrlab.inference.backends import OnnxBackend, TorchBackend, open_backend
 from cxrlab.inference.base import ModelInfo, file_version, input_shape
 from cxrlab.io import read_image
+from cxrlab.models.multitask import load_multitask_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,6 @@ def variant_checkpoints(run_dir: Path, variant: str, diseases: list[str]) -> lis
 
 def load_variant(run_dir: Path, variant: str, diseases: list[str]) -> list[Any]:
     """The trained networks of a variant in disease order (one for ``shared``)."""
-    from cxrlab.models.multitask import load_multitask_checkpoint
 
     return [load_multitask_checkpoint(path)[0].eval() for path in variant_checkpoints(run_dir, variant, diseases)]
 

@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 
 from cxrlab.errors import ExamError, ImageReadError, MissingFileError, VolumeError
+from cxrlab.io.dicom import check_decodable, looks_like_dicom, transfer_syntax
+from cxrlab.io.guard import decoding
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +199,6 @@ class SeriesInfo:
 
 
 def _dicom_files(folder: Path) -> list[Path]:
-    from cxrlab.io.dicom import looks_like_dicom
 
     found = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
@@ -432,7 +433,6 @@ def _pixel_spacing(ds: Any, frame: int | None = None) -> tuple[float, float]:
 def _read_full(path: Path, pydicom: Any) -> Any:
     from pydicom.errors import InvalidDicomError
 
-    from cxrlab.io.dicom import check_decodable, transfer_syntax
 
     header = _header(path)
     check_decodable(path, transfer_syntax(header))
@@ -445,7 +445,6 @@ def _read_full(path: Path, pydicom: Any) -> Any:
 def _pixels(path: Path, ds: Any) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut
 
-    from cxrlab.io.guard import decoding
 
     if "PixelData" not in ds:
         raise ImageReadError(path, "DICOM has no pixel data (file truncated?)")
@@ -511,7 +510,6 @@ def read_volume(path: str | Path, plane: str | None = None) -> Volume:
         return read_npy(path, plane)
     if name.endswith(".nii") or name.endswith(".nii.gz"):
         return read_nifti(path, plane)
-    from cxrlab.io.dicom import looks_like_dicom
 
     with path.open("rb") as fh:
         if not looks_like_dicom(fh.read(132)):

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from cxrlab.errors import InputError
+from cxrlab.metrics.classification import auroc
 
 ArrayLike = Any
 
@@ -157,7 +158,6 @@ def gate_auroc(y_true: ArrayLike, gate_scores: ArrayLike) -> float:
 
     Uses :func:`cxrlab.metrics.classification.auroc` (NaN with a warning for one class).
     """
-    from cxrlab.metrics.classification import auroc
 
     return auroc(np.asarray(y_true, dtype=np.float64), np.asarray(gate_scores, dtype=np.float64))
 

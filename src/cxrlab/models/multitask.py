@@ -32,6 +32,7 @@ from torch import nn
 from cxrlab.errors import ConfigError, InputError, MissingFileError
 from cxrlab.models.classifier import imagenet_body
 from cxrlab.models.registry import resolve_timm_name
+from cxrlab.utils import atomic_torch_save
 
 FORMAT = "cxrlab-multitask"
 VERSION = 1
@@ -295,7 +296,6 @@ def build_network(config: Mapping[str, Any]) -> MultiTaskNet | SharedEncoderNet:
 def save_multitask_checkpoint(path: str | os.PathLike, model: MultiTaskNet | SharedEncoderNet,
                               meta: Mapping[str, Any] | None = None) -> Path:
     """Write weights, construction arguments and ``meta`` (JSON-serializable) atomically."""
-    from cxrlab.utils import atomic_torch_save
 
     payload = {"format": FORMAT, "version": VERSION,
                "config_json": json.dumps(model.config),

@@ -32,8 +32,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from cxrlab.errors import ConfigError, InputError, MissingFileError, WeightsUnavailableError
+from cxrlab.errors import (
+    ConfigError,
+    InputError,
+    MissingFileError,
+    WeightsUnavailableError,
+)
 from cxrlab.models.classifier import BodyHeadModule
+from cxrlab.models.weights import _json_default
+from cxrlab.utils import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -292,8 +299,6 @@ def save_segmentation_checkpoint(path: str | os.PathLike, model: SegmentationMod
     Raises:
         ConfigError: ``model`` is not a :class:`SegmentationModel`.
     """
-    from cxrlab.models.weights import _json_default
-    from cxrlab.utils import atomic_torch_save
 
     if not isinstance(model, SegmentationModel):
         raise ConfigError("model", f"expected a cxrlab SegmentationModel, got {type(model).__name__}")

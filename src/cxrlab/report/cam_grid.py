@@ -17,6 +17,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from cxrlab.errors import ConfigError
+from cxrlab.explain.localize import (
+    index_images,
+    localize,
+    map_to_model,
+    prepared_input,
+    read_boxes,
+)
 from cxrlab.inference.classifier import ClassifierPredictor
 from cxrlab.report.scaling import load_results
 from cxrlab.utils import atomic_write
@@ -35,7 +42,6 @@ def best_runs(results: pd.DataFrame, classes: Sequence[str] | None = None) -> pd
 def _boxed_classes(study_dir: Path, boxes_path: str | Path, images_dir: str | Path,
                    classes: Sequence[str] | None):
     """``(best runs, mapped boxes restricted to found images, image index)``."""
-    from cxrlab.explain.localize import index_images, map_to_model, read_boxes
 
     results = load_results(study_dir)
     tasks = list(dict.fromkeys(results["task"]))
@@ -69,7 +75,6 @@ def cam_grid(study_dir: str | Path, boxes_path: str | Path, images_dir: str | Pa
             class (sorted by name) found under ``images_dir``.
     """
     from cxrlab.explain.cam import heatmap, overlay
-    from cxrlab.explain.localize import prepared_input
 
     study_dir = Path(study_dir)
     runs, boxes, found = _boxed_classes(study_dir, boxes_path, images_dir, classes)
@@ -121,7 +126,6 @@ def localize_best_runs(study_dir: str | Path, boxes_path: str | Path, images_dir
     Columns: ``class, resolution, arch, best_auroc`` and the columns of
     :func:`cxrlab.explain.localize.summarize`.
     """
-    from cxrlab.explain.localize import localize
 
     study_dir = Path(study_dir)
     runs, _, _ = _boxed_classes(study_dir, boxes_path, images_dir, classes)

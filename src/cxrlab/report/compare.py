@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlab.errors import ConfigError, MissingFileError
+from cxrlab.metrics.classification import delong_paired_test
 
 
 def _predictions(run_dir: Path, split: str) -> pd.DataFrame:
@@ -23,7 +24,6 @@ def compare_runs(run_a: str | Path, run_b: str | Path, split: str = "test") -> p
     Raises:
         ConfigError: The runs share no studies or no tasks (different splits/data).
     """
-    from cxrlab.metrics.classification import delong_paired_test
 
     a, b = _predictions(Path(run_a), split), _predictions(Path(run_b), split)
     merged = a.merge(b, on="study_id", suffixes=("_a", "_b"))

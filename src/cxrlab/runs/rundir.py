@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cxrlab import __version__
 from cxrlab.errors import ConfigError
 from cxrlab.utils import atomic_write_json
 
@@ -64,7 +65,6 @@ class RunDir:
 
 def write_run_json(run_dir: str | Path, kind: str, **extra: Any) -> Path:
     """Write ``run.json``: the run's kind, the format version and the cxrlab version."""
-    from cxrlab import __version__
 
     if kind not in RUN_KINDS:
         raise ConfigError("kind", f"unknown run kind {kind!r}; choose from {RUN_KINDS}")

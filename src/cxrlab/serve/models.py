@@ -30,7 +30,8 @@ from cxrlab.errors import ConfigError, InputError
 from cxrlab.inference.classifier import ClassifierPredictor
 from cxrlab.inference.pneumothorax import PneumothoraxPredictor
 from cxrlab.inference.screening import ScreeningPredictor
-from cxrlab.io import XrayImage
+from cxrlab.io import DEFAULT_MAX_PIXELS, XrayImage, read_image
+from cxrlab.io.rle import rle_encode
 
 PRIORITY_GROUPS = ("critical", "abnormal", "no-finding", "normal")
 """Worklist ranks, most urgent first: a critical finding (pneumothorax), abnormal, no
@@ -120,7 +121,6 @@ class ModelSet:
                  max_pixels: int | None = None, backend: str = "torch",
                  providers: list[str] | None = None) -> None:
         from cxrlab.explain.cam import CAM_METHODS
-        from cxrlab.io import DEFAULT_MAX_PIXELS
 
         if cam_method not in CAM_METHODS:
             raise ConfigError("cam_method", f"unknown CAM method {cam_method!r}; choose from {', '.join(CAM_METHODS)}")
@@ -161,7 +161,6 @@ class ModelSet:
         Raises:
             InputError: The file is not a readable image (subclasses say why).
         """
-        from cxrlab.io import read_image
 
         if image is None:
             image = read_image(path, max_pixels=self.max_pixels)
@@ -235,7 +234,6 @@ class PreparedImage:
 def _analysis(item: PreparedImage, findings: list[dict[str, Any]], cam: Any, screening: dict[str, Any] | None,
               ptx: tuple[np.ndarray, float, float | None] | None) -> Analysis:
     """One image's :class:`Analysis` from its models' outputs."""
-    from cxrlab.io.rle import rle_encode
 
     pneumothorax, mask_png = None, None
     if ptx is not None:

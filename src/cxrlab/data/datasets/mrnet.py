@@ -31,9 +31,16 @@ from pathlib import Path
 import numpy as np
 
 from cxrlab.data.datasets.base import read_csv_table
-from cxrlab.errors import CSVFormatError, ExamError, InputError, LabelValueError, MissingFileError, SkipLog, \
-    VolumeError
-from cxrlab.io.volume import PLANES, Volume, read_npy, read_volume
+from cxrlab.errors import (
+    CSVFormatError,
+    ExamError,
+    InputError,
+    LabelValueError,
+    MissingFileError,
+    SkipLog,
+    VolumeError,
+)
+from cxrlab.io.volume import PLANES, Volume, read_dicom_exam, read_npy, read_volume
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +301,6 @@ def read_exam(path: str | Path, root: str | Path | None = None) -> tuple[str, di
     Raises:
         ExamError: An id without ``root``, or an id found in no split.
     """
-    from cxrlab.io.volume import read_dicom_exam
 
     text = str(path)
     if _ID.match(text):

@@ -18,8 +18,15 @@ from typing import Any
 import numpy as np
 
 from cxrlab.config.brats import BratsConfig
-from cxrlab.data.brain import box_slices, downsample_image, downsample_mask, preprocess, tumour_box
+from cxrlab.data.brain import (
+    box_slices,
+    downsample_image,
+    downsample_mask,
+    preprocess,
+    tumour_box,
+)
 from cxrlab.data.datasets.brats import CANONICAL, BratsDataset
+from cxrlab.data.synthetic_brain import write_phantoms
 from cxrlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -47,7 +54,6 @@ def ensure_phantoms(cfg: BratsConfig) -> BratsConfig:
     """Write the recipe's SYNTHETIC phantom set when it has a ``phantoms`` section; point ``data.root`` at it."""
     if cfg.phantoms is None:
         return cfg
-    from cxrlab.data.synthetic_brain import write_phantoms
 
     p = cfg.phantoms
     out = Path(p.out) if p.out else Path(cfg.output.root) / "phantoms"

@@ -8,8 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cxrlab.data.datasets.brats import REGIONS, BratsDataset
 from cxrlab.config.brats import BratsConfig, config_from_mapping
+from cxrlab.data.datasets.brats import REGIONS, BratsDataset, region_masks
+from cxrlab.errors import InputError
+from cxrlab.tasks.brats.data import open_dataset
+from cxrlab.tasks.brats.survival import survival_run, survival_table
+from cxrlab.tasks.brats.train import train
 from cxrlab.utils import atomic_write_json, atomic_write_text
 
 DEMO_RECIPE: dict[str, Any] = {
@@ -29,8 +33,6 @@ DEMO_RECIPE: dict[str, Any] = {
 
 def case_stats(dataset: BratsDataset) -> dict[str, Any]:
     """``{"layout", "labels", "cases": {id: {"WT", "TC", "ET"}}, "survival_rows", "skipped"}``: voxel counts per region."""
-    from cxrlab.data.datasets.brats import region_masks
-    from cxrlab.errors import InputError
 
     cases: dict[str, dict[str, int]] = {}
     for case_id in dataset.case_ids:
@@ -60,9 +62,6 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), progress: bool = Fa
 
     The run folder is replaced when it exists, so the demo can be rerun into the same folder.
     """
-    from cxrlab.tasks.brats.data import open_dataset
-    from cxrlab.tasks.brats.survival import survival_run, survival_table
-    from cxrlab.tasks.brats.train import train
 
     cfg = demo_config(out, overrides)
     run_dir = train(cfg, overwrite=True, progress=progress)

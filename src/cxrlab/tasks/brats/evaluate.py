@@ -15,10 +15,20 @@ from typing import Any
 import numpy as np
 import yaml
 
-from cxrlab.data.datasets.brats import REGIONS, BratsDataset, region_masks
-from cxrlab.errors import ConfigError, MissingFileError
-from cxrlab.metrics.brats import BratsMetric
 from cxrlab.config.brats import BratsConfig, config_from_mapping
+from cxrlab.data.datasets.brats import (
+    CONVENTIONS,
+    REGIONS,
+    BratsDataset,
+    detect_convention,
+    region_masks,
+    to_canonical,
+)
+from cxrlab.errors import ConfigError, MissingFileError, VolumeMismatchError
+from cxrlab.inference.brats import BratsPredictor, write_overlay, write_prediction
+from cxrlab.io.nifti import is_nifti, nifti_stem, read_nifti
+from cxrlab.metrics.brats import BratsMetric
+from cxrlab.tasks.brats.data import open_dataset
 from cxrlab.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -55,12 +65,6 @@ def evaluate_run(run_dir: str | Path, cfg: BratsConfig | None = None, dataset: B
         MissingFileError: Not a run folder.
         ConfigError: The split has no case with a segmentation.
     """
-    from cxrlab.tasks.brats.data import open_dataset
-    from cxrlab.inference.brats import (
-        BratsPredictor,
-        write_overlay,
-        write_prediction,
-    )
 
     run_dir = Path(run_dir)
     if cfg is None:
@@ -116,9 +120,6 @@ def score_label_folders(pred_dir: str | Path, truth_dir: str | Path, labels: str
         VolumeMismatchError: A pair differs in shape.
         LabelValueError: Values outside the convention.
     """
-    from cxrlab.data.datasets.brats import CONVENTIONS, detect_convention, to_canonical
-    from cxrlab.errors import VolumeMismatchError
-    from cxrlab.io.nifti import is_nifti, nifti_stem, read_nifti
 
     def listing(folder: Path, what: str) -> dict[str, Path]:
         if not folder.is_dir():

@@ -20,9 +20,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from cxrlab.config.brats import SurvivalConfig, config_from_mapping
 from cxrlab.data.datasets.brats import BratsCase, region_masks
 from cxrlab.errors import ConfigError, MissingFileError
-from cxrlab.config.brats import SurvivalConfig, config_from_mapping
+from cxrlab.inference.brats import BratsPredictor
+from cxrlab.tasks.brats.data import open_dataset
 from cxrlab.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -124,8 +126,6 @@ def survival_run(run_dir: str | Path, source: str | None = None) -> dict[str, An
         MissingFileError: Not a run folder.
         ConfigError: The dataset has no survival CSV or too few usable cases.
     """
-    from cxrlab.tasks.brats.data import open_dataset
-    from cxrlab.inference.brats import BratsPredictor
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():

@@ -37,7 +37,11 @@ from torch import nn
 
 from cxrlab.config.brats import BratsConfig, save_brats_config
 from cxrlab.data.datasets.brats import REGION_CLASSES, REGIONS, BratsDataset
+from cxrlab.engine.callbacks import EpochCheckpoint, EpochSeed, epoch_seed
+from cxrlab.engine.segmentation import SegmentationCheckpoints
+from cxrlab.engine.tracking import mlflow_run
 from cxrlab.inference.brats import LOCATOR_DIR, case_logits, create_network
+from cxrlab.runs.rundir import claim_run_directory, run_status
 from cxrlab.tasks.brats.data import (
     N_CLASSES,
     cached_dataset,
@@ -46,6 +50,7 @@ from cxrlab.tasks.brats.data import (
     split_cases,
     train_transforms,
 )
+from cxrlab.tasks.brats.evaluate import evaluate_run
 from cxrlab.utils import atomic_torch_save, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -137,7 +142,6 @@ class ReseedEpoch(L.Callback):
         self.seed, self.stage = seed, stage
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from cxrlab.engine.callbacks import epoch_seed
 
         value = epoch_seed(self.seed, self.stage, trainer.current_epoch) + trainer.global_rank
         self.transform.set_random_state(seed=value)
@@ -173,8 +177,6 @@ def fit_stage(cfg: BratsConfig, stage_dir: Path, dataset: BratsDataset, split: d
     """
     from monai.data import DataLoader
 
-    from cxrlab.engine.callbacks import EpochCheckpoint, EpochSeed
-    from cxrlab.engine.segmentation import SegmentationCheckpoints
 
     locator = stage == "locator"
     stage_index = 1 if locator else 0
@@ -224,8 +226,6 @@ def train(cfg: BratsConfig, resume: bool = False, overwrite: bool = False, progr
     Raises:
         ConfigError: The run folder holds a run (and neither flag is set); bad split.
     """
-    from cxrlab.runs.rundir import claim_run_directory, run_status
-    from cxrlab.tasks.brats.evaluate import evaluate_run
 
     cfg = ensure_phantoms(cfg)
     run_dir = claim_run_directory(Path(cfg.output.root) / cfg.name, resume=resume, overwrite=overwrite,
@@ -262,7 +262,6 @@ def _log_mlflow(run_dir: Path, cfg: BratsConfig, metrics: dict[str, Any]) -> str
     """Log the main settings, the test Dice/HD95 per region, and the run's tables."""
     import mlflow
 
-    from cxrlab.engine.tracking import mlflow_run
 
     tags = {"cxrlab.run_dir": str(run_dir.resolve()), "cxrlab.kind": "brats"}
     with mlflow_run(cfg.output.root, cfg.output.experiment, cfg.name, tags) as active:

@@ -13,11 +13,12 @@ import pandas as pd
 
 from cxrlab.config import ExperimentConfig
 from cxrlab.errors import ConfigError
+from cxrlab.report.compare import compare_runs
+from cxrlab.runs.rundir import read_status
+from cxrlab.tasks.classification.train import run_directory, train
 
 
 def _trained(cfg: ExperimentConfig, progress: bool) -> Path:
-    from cxrlab.runs.rundir import read_status
-    from cxrlab.tasks.classification.train import run_directory, train
 
     run_dir = run_directory(cfg)
     state = read_status(run_dir).get("state")
@@ -36,7 +37,6 @@ def bce_vs_dam(bce: ExperimentConfig, dam: ExperimentConfig, split: str = "test"
     Raises:
         ConfigError: The recipes differ in data, tasks or split, or share a run name.
     """
-    from cxrlab.report.compare import compare_runs
 
     if bce.data != dam.data:
         raise ConfigError("data", "BCE and DAM recipes must use identical data sections (same split_seed)")

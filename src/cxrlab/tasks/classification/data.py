@@ -16,6 +16,17 @@ import numpy as np
 import torch
 
 from cxrlab.config import DataConfig, ExperimentConfig
+from cxrlab.data.cache import auto_cache, ensure_cache
+from cxrlab.data.datasets import load_dataset
+from cxrlab.data.labels import parse_policies
+from cxrlab.data.samplers import (
+    BlockShuffleSampler,
+    EpochShuffleSampler,
+    ShardedSampler,
+    block_items,
+)
+from cxrlab.data.splits import patient_split
+from cxrlab.data.torch import ImageDataset, collate_items, default_train_augment
 from cxrlab.data.transforms import PreprocessConfig
 from cxrlab.errors import ConfigError
 
@@ -63,8 +74,6 @@ def preprocess_config(data: DataConfig) -> PreprocessConfig:
 
 def open_dataset(data: DataConfig, options: dict[str, Any]):
     """Open the configured adapter with the recipe's label policy and view filter."""
-    from cxrlab.data.datasets import load_dataset
-    from cxrlab.data.labels import parse_policies
 
     policy = parse_policies(list(data.policy), default=data.default_policy)
     if "multiclass" in {policy.for_class(t) for t in data.tasks} :
@@ -105,7 +114,6 @@ def open_or_build_cache(dataset, pcfg: PreprocessConfig, data: DataConfig, root:
     cache, found among the explicit folder's neighbours or in ``root/cache``, so the two
     sets are never checked against each other.
     """
-    from cxrlab.data.cache import auto_cache, ensure_cache
 
     if data.cache == "none":
         return None
@@ -131,7 +139,6 @@ def _fractions(split: dict[str, float], drop_valid: bool) -> dict[str, float]:
 
 def prepare_data(cfg: ExperimentConfig, cache_root: Path | None = None) -> PreparedData:
     """Open and split the recipe's data, check both sets, then find or build their caches."""
-    from cxrlab.data.splits import patient_split
 
     data = cfg.data
     if data.channels not in (1, 3):
@@ -174,8 +181,6 @@ def make_loader(prepared: PreparedData, split: str, cfg: ExperimentConfig, train
     ``use_distributed_sampler=False``. Loaders that must see the whole split in one
     process (evaluation after training) leave it False.
     """
-    from cxrlab.data.samplers import BlockShuffleSampler, EpochShuffleSampler, ShardedSampler, block_items
-    from cxrlab.data.torch import ImageDataset, collate_items, default_train_augment
 
     part = prepared.splits[split]
     augment = default_train_augment("classification", seed=cfg.seed) if (train and cfg.data.augment) else None

@@ -14,6 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from cxrlab.config import load_config
+from cxrlab.data.synthetic_layouts import write_dataset
+from cxrlab.engine.tracking import tracking_uri
+from cxrlab.errors import MissingFileError
+from cxrlab.inference.classifier import predict_images
+from cxrlab.report.tables import auroc_table
+from cxrlab.tasks.classification.train import train
 from cxrlab.utils import atomic_write_json
 
 DEMO_CONFIG = Path(__file__).resolve().parents[4] / "configs" / "demo.yaml"
@@ -25,7 +31,6 @@ def demo_config_path() -> Path:
     Raises:
         MissingFileError: cxrlab was installed without its source tree.
     """
-    from cxrlab.errors import MissingFileError
 
     if not DEMO_CONFIG.is_file():
         raise MissingFileError(DEMO_CONFIG, "demo recipe not found; run the demo from a source checkout "
@@ -45,11 +50,6 @@ def run_demo(out: str | Path, n_images: int = 480, image_size: int = 128, consol
     """Run the demo into ``out``; returns the contents of ``out/metrics.json``."""
     from rich.console import Console
 
-    from cxrlab.data.synthetic_layouts import write_dataset
-    from cxrlab.engine.tracking import tracking_uri
-    from cxrlab.inference.classifier import predict_images
-    from cxrlab.report.tables import auroc_table
-    from cxrlab.tasks.classification.train import train
 
     console = console or Console()
     out = Path(out)

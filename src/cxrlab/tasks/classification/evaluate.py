@@ -16,6 +16,8 @@ import torch
 from cxrlab.config import ExperimentConfig, load_config
 from cxrlab.errors import ConfigError, MissingFileError
 from cxrlab.inference.classifier import ClassifierPredictor
+from cxrlab.metrics.classification import per_class_report, study_level
+from cxrlab.report.curves import save_roc_pr_curves
 from cxrlab.tasks.classification.data import (
     PreparedData,
     make_loader,
@@ -31,7 +33,6 @@ def predict_split(model: torch.nn.Module | ClassifierPredictor, prepared: Prepar
                   cfg: ExperimentConfig, device: torch.device | None = None) -> pd.DataFrame:
     """Per-study labels and probabilities (maximum over the study's views), through the
     classifier's predictor (a bare model is wrapped with the run's metadata)."""
-    from cxrlab.metrics.classification import study_level
 
     device = device or torch.device("cpu")
     if not isinstance(model, ClassifierPredictor):
@@ -58,7 +59,6 @@ def predict_split(model: torch.nn.Module | ClassifierPredictor, prepared: Prepar
 
 def score_predictions(frame: pd.DataFrame, task_names: Sequence[str]) -> dict[str, Any]:
     """Per-task metrics of a per-study prediction table (see ``per_class_report``)."""
-    from cxrlab.metrics.classification import per_class_report
 
     y = frame[[f"label_{t}" for t in task_names]].to_numpy(dtype=float)
     p = frame[[f"prob_{t}" for t in task_names]].to_numpy(dtype=float)
@@ -71,7 +71,6 @@ def score_predictions(frame: pd.DataFrame, task_names: Sequence[str]) -> dict[st
 def evaluate_run(run_dir: str | Path, splits: Sequence[str] | None = None, checkpoint: str = "best_auroc.pt",
                  prepared: PreparedData | None = None, cfg: ExperimentConfig | None = None) -> dict[str, Any]:
     """Score a run's best checkpoint on its splits; writes metrics, predictions, curves."""
-    from cxrlab.report.curves import save_roc_pr_curves
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrlab.config import ExperimentConfig
-from cxrlab.data.datasets import path_options
+from cxrlab.data.datasets import DATASETS, path_options
 from cxrlab.errors import ConfigError, MissingFileError
 
 #: Adapter options that name a folder; every other path option the dataset declares names a file.
@@ -65,7 +65,6 @@ def check_recipe(cfg: ExperimentConfig, resume: bool = False) -> None:
             lists all).
         ConfigError: A choice is invalid (the message lists every problem).
     """
-    from cxrlab.data.datasets import DATASETS
 
     data = cfg.data
     problems: list[tuple[str, str]] = []

@@ -29,12 +29,19 @@ import numpy as np
 import torch
 
 from cxrlab.config import ExperimentConfig, load_config, phase_value, save_config
+from cxrlab.engine.callbacks import (
+    BestCheckpoints,
+    EpochCheckpoint,
+    EpochSeed,
+    resume_checkpoint,
+)
 from cxrlab.engine.distributed import rank_zero_first
-from cxrlab.engine.callbacks import BestCheckpoints, EpochCheckpoint, EpochSeed, resume_checkpoint
 from cxrlab.engine.module import ClassifierModule
 from cxrlab.engine.optim import OptimSpec
+from cxrlab.losses import create_loss
+from cxrlab.models import create_classifier
+from cxrlab.models.weights import save_model_checkpoint
 from cxrlab.runs.rundir import RunStatus, claim_run_directory, process_rank, run_status
-from cxrlab.tasks.classification.preflight import check_recipe
 from cxrlab.tasks.classification.data import (
     PreparedData,
     accumulation,
@@ -42,7 +49,8 @@ from cxrlab.tasks.classification.data import (
     prepare_data,
 )
 from cxrlab.tasks.classification.evaluate import evaluate_run
-from cxrlab.utils import atomic_write_json
+from cxrlab.tasks.classification.preflight import check_recipe
+from cxrlab.utils import atomic_torch_save, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +102,6 @@ def _phase_spec(cfg: ExperimentConfig, k: int) -> OptimSpec:
 
 
 def _make_loss(cfg: ExperimentConfig, k: int, prepared: PreparedData) -> torch.nn.Module:
-    from cxrlab.losses import create_loss
 
     name = phase_value(cfg.train, cfg.train.phases[k], "loss")
     options = dict(phase_value(cfg.train, cfg.train.phases[k], "loss_options"))
@@ -193,8 +200,6 @@ def train(cfg: ExperimentConfig, resume: bool = False, progress: bool = True,
 
 def _train_and_evaluate(cfg: ExperimentConfig, run_dir: Path, status: RunStatus | None, resume: bool, progress: bool,
                         epoch_hook: Callable[[int, int], None] | None) -> None:
-    from cxrlab.models import create_classifier
-    from cxrlab.models.weights import save_model_checkpoint
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.train.deterministic:
@@ -255,7 +260,6 @@ def _train_phase(cfg, k, model, prepared, valid, run_dir, save, resume, progress
     trainer.fit(module, train_loader, valid_loader, ckpt_path=ckpt_path)
     if trainer.interrupted:
         raise KeyboardInterrupt("training interrupted")
-    from cxrlab.utils import atomic_torch_save
 
     if trainer.is_global_zero:
         atomic_torch_save(model.state_dict(), done)

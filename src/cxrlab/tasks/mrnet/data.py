@@ -11,7 +11,14 @@ import numpy as np
 import torch
 
 from cxrlab.config.mrnet import MRNetConfig
-from cxrlab.data.datasets.mrnet import TASKS, Exam, ExamDataset, open_exam_csv, open_mrnet
+from cxrlab.data.datasets.mrnet import (
+    TASKS,
+    Exam,
+    ExamDataset,
+    open_exam_csv,
+    open_mrnet,
+)
+from cxrlab.data.synthetic_knee import write_mrnet_phantoms
 from cxrlab.data.volume_transforms import augment_series, learn_landmarks
 from cxrlab.errors import ConfigError
 from cxrlab.inference.mrnet import prepare_series
@@ -24,7 +31,6 @@ def ensure_phantoms(cfg: MRNetConfig) -> MRNetConfig:
     """Write the recipe's SYNTHETIC phantoms when it has a ``phantoms`` section; point ``data.root`` at them."""
     if cfg.phantoms is None:
         return cfg
-    from cxrlab.data.synthetic_knee import write_mrnet_phantoms
 
     p = cfg.phantoms
     out = Path(p.out) if p.out else Path(cfg.output.root) / "phantoms" / "MRNet-v1.0"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cxrlab.config import OutputConfig
 from cxrlab.config.mrnet import load_mrnet_config
+from cxrlab.tasks.mrnet.train import train
 
 DEMO_RECIPE = Path(__file__).resolve().parents[4] / "configs" / "demo_mrnet.yaml"
 
@@ -14,7 +15,6 @@ DEMO_RECIPE = Path(__file__).resolve().parents[4] / "configs" / "demo_mrnet.yaml
 def run_demo(out: str | Path, recipe: str | Path | None = None, overrides: list[str] | None = None,
              progress: bool = False) -> Path:
     """Train ``configs/demo_mrnet.yaml`` (or ``recipe``) with its run root set to ``out``; returns the run."""
-    from cxrlab.tasks.mrnet.train import train
 
     cfg = load_mrnet_config(recipe or DEMO_RECIPE, overrides or [])
     cfg = dataclasses.replace(cfg, output=OutputConfig(root=str(out), mlflow=cfg.output.mlflow,

@@ -18,9 +18,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrlab.config.mrnet import read_run_config
 from cxrlab.data.datasets.mrnet import TASKS, ExamDataset
+from cxrlab.explain.cam import heatmap
+from cxrlab.inference.mrnet import MRNetPredictor
 from cxrlab.metrics.classification import roc_curve, threshold_metrics
 from cxrlab.metrics.delong import delong_ci
+from cxrlab.tasks.mrnet.data import open_splits
 from cxrlab.utils import atomic_write, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -44,7 +48,6 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 def predict_splits(run_dir: str | Path, splits: Any) -> dict[str, pd.DataFrame]:
     """Predict every split with the run's networks (no combination yet); writes ``predictions_<split>.csv``."""
-    from cxrlab.inference.mrnet import MRNetPredictor
 
     run_dir = Path(run_dir)
     predictor = MRNetPredictor.from_run_dir(run_dir, require_combine=False)
@@ -102,7 +105,6 @@ def top_slice_cam(predictor: Any, volumes: Any, task: str, plane: str, method: s
     Returns:
         ``(slice index, Heatmap)``; the map has the network's input size.
     """
-    from cxrlab.explain.cam import heatmap
 
     top, x = predictor.top_slice(volumes, task, plane)
     net = predictor.nets[(task, plane)][0]
@@ -136,9 +138,6 @@ def evaluate_run(run_dir: str | Path, predictions: pd.DataFrame | None = None, c
         predictions: The valid exams' per-plane predictions; default: predicted now.
         cam_exams: Held-out exams whose top-slice CAMs are written (``cams/``).
     """
-    from cxrlab.tasks.mrnet.data import open_splits
-    from cxrlab.inference.mrnet import MRNetPredictor
-    from cxrlab.config.mrnet import read_run_config
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)

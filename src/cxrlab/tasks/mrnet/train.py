@@ -12,7 +12,6 @@ unfinished network from it and skips finished ones (``done.json``).
 
 from __future__ import annotations
 
-
 import json
 import logging
 import math
@@ -25,9 +24,22 @@ import torch
 import yaml
 
 from cxrlab.config.mrnet import MRNetConfig, config_from_mapping
+from cxrlab.engine.callbacks import BestCheckpoints, EpochSeed, EpochShuffleSampler
 from cxrlab.engine.distributed import torch_threads
+from cxrlab.engine.executors import create_executor
+from cxrlab.engine.tracking import mlflow_run
 from cxrlab.metrics.classification import auroc, youden_threshold
 from cxrlab.models.mrnet import PlaneNet, create_plane_net, save_plane_checkpoint
+from cxrlab.runs.rundir import claim_run_directory, run_status
+from cxrlab.tasks.mrnet.data import (
+    PlaneDataset,
+    ensure_phantoms,
+    fit_landmarks,
+    one_exam,
+    open_splits,
+    write_split,
+)
+from cxrlab.tasks.mrnet.evaluate import evaluate_run, predict_splits
 from cxrlab.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -94,8 +106,6 @@ def _train_plane(cfg: MRNetConfig, run_dir: Path, task: str, plane: str, progres
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from cxrlab.engine.callbacks import BestCheckpoints, EpochSeed, EpochShuffleSampler
-    from cxrlab.tasks.mrnet.data import PlaneDataset, one_exam, open_splits
 
     folder = Path(run_dir) / task / plane
     if (folder / "done.json").is_file():
@@ -204,10 +214,6 @@ def _train(cfg: MRNetConfig, *, resume: bool = False, overwrite: bool = False, p
     Raises:
         ConfigError: The run folder holds files and neither ``resume`` nor ``overwrite`` is set.
     """
-    from cxrlab.engine.executors import create_executor
-    from cxrlab.runs.rundir import claim_run_directory, run_status
-    from cxrlab.tasks.mrnet.data import ensure_phantoms, fit_landmarks, open_splits, write_split
-    from cxrlab.tasks.mrnet.evaluate import evaluate_run, predict_splits
 
     cfg = ensure_phantoms(cfg)
     run_dir = claim_run_directory(Path(cfg.output.root) / cfg.name, resume=resume, overwrite=overwrite,
@@ -247,7 +253,6 @@ def _train(cfg: MRNetConfig, *, resume: bool = False, overwrite: bool = False, p
 def _log_mlflow(run_dir: Path, cfg: MRNetConfig, metrics: dict[str, Any]) -> str:
     import mlflow
 
-    from cxrlab.engine.tracking import mlflow_run
 
     tags = {"cxrlab.run_dir": str(run_dir.resolve()), "cxrlab.kind": "mrnet"}
     with mlflow_run(cfg.output.root, cfg.output.experiment, cfg.name, tags) as active:

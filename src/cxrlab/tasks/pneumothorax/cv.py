@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 
 from cxrlab.config.pneumothorax import PneumothoraxConfig
+from cxrlab.data.splits import patient_kfold
+from cxrlab.tasks.classification.data import open_dataset
 from cxrlab.tasks.pneumothorax.data import ensure_phantoms
 from cxrlab.tasks.pneumothorax.evaluate import markdown_table, results_frame
 from cxrlab.tasks.pneumothorax.train import train
@@ -38,8 +40,6 @@ def cross_validate(cfg: PneumothoraxConfig, folds: int | None = None, out: str |
         ``{"folds": [...run dirs], "table": long DataFrame, "markdown": str, "gate_auroc": [...]}``;
         also writes ``cv_results.csv``, ``cv_table.csv``, ``cv_table.md``, ``cv_metrics.json``.
     """
-    from cxrlab.data.splits import patient_kfold
-    from cxrlab.tasks.classification.data import open_dataset
 
     out = Path(out) if out is not None else Path(cfg.output.root) / cfg.name
     n_folds = int(folds or cfg.cv.folds)

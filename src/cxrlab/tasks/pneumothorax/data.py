@@ -13,7 +13,20 @@ import numpy as np
 import torch
 
 from cxrlab.config.pneumothorax import PneumothoraxConfig
+from cxrlab.data.samplers import (
+    EpochShuffleSampler,
+    PositiveShareSampler,
+    ShardedSampler,
+)
+from cxrlab.data.splits import patient_split
+from cxrlab.data.synthetic_layouts import write_dataset
+from cxrlab.data.torch import ImageDataset
 from cxrlab.errors import ConfigError
+from cxrlab.tasks.classification.data import (
+    open_dataset,
+    open_or_build_cache,
+    preprocess_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +35,6 @@ def ensure_phantoms(cfg: PneumothoraxConfig) -> PneumothoraxConfig:
     """Write the recipe's phantom set when it asks for one, and point ``data.options`` at it."""
     if cfg.phantoms is None:
         return cfg
-    from cxrlab.data.synthetic_layouts import write_dataset
 
     p = cfg.phantoms
     out = Path(p.out) if p.out else Path(cfg.output.root) / "phantoms"
@@ -66,12 +78,6 @@ def open_data(cfg: PneumothoraxConfig, test_indices: np.ndarray | None = None) -
     Raises:
         ConfigError: The dataset has no masks, or the split leaves a part empty.
     """
-    from cxrlab.data.splits import patient_split
-    from cxrlab.tasks.classification.data import (
-        open_dataset,
-        open_or_build_cache,
-        preprocess_config,
-    )
 
     if cfg.data.dataset != "siim":
         raise ConfigError("data.dataset", f"the pneumothorax pipeline reads the SIIM-ACR layout (train-rle.csv + "
@@ -133,8 +139,6 @@ def _loader(cfg: PneumothoraxConfig, data: SegData, indices: np.ndarray, train: 
             epoch_size: int | None = None, shard: bool = False) -> torch.utils.data.DataLoader:
     """A loader over ``indices``; ``shard``: a trainer's loader, each DDP rank reading its
     slice of the epoch's order (whole positive-share batches stay together)."""
-    from cxrlab.data.samplers import EpochShuffleSampler, PositiveShareSampler, ShardedSampler
-    from cxrlab.data.torch import ImageDataset
 
     ds = ImageDataset(data.dataset, data.preprocess, channels=cfg.data.channels,
                       normalization=cfg.data.normalization, augment=augment, cache=data.cache,

@@ -30,6 +30,7 @@ from cxrlab.config.pneumothorax import (
     load_pneumothorax_config,
 )
 from cxrlab.errors import ConfigError, MissingFileError
+from cxrlab.inference.classifier import predict_images
 from cxrlab.inference.pneumothorax import UNetPredictor, gate_checkpoint
 from cxrlab.inference.postprocess import (
     Postprocess,
@@ -38,6 +39,11 @@ from cxrlab.inference.postprocess import (
     tune,
 )
 from cxrlab.metrics.segmentation import gate_auroc, get_stats, segmentation_summary
+from cxrlab.tasks.classification.data import (
+    open_dataset,
+    open_or_build_cache,
+    preprocess_config,
+)
 from cxrlab.tasks.pneumothorax.data import SegData, _loader
 from cxrlab.utils import atomic_write_json, atomic_write_text
 
@@ -74,7 +80,6 @@ def unet_probabilities(checkpoint: Path, cfg: PneumothoraxConfig, data: SegData,
 
 def gate_probabilities(checkpoint: Path, data: SegData, indices: np.ndarray) -> np.ndarray:
     """The gate's pneumothorax probability for dataset rows (read and preprocessed like its training)."""
-    from cxrlab.inference.classifier import predict_images
 
     if len(indices) == 0:
         return np.zeros(0)
@@ -87,11 +92,6 @@ def gate_probabilities(checkpoint: Path, data: SegData, indices: np.ndarray) -> 
 
 
 def _data_from_split(cfg: PneumothoraxConfig, run_dir: Path) -> SegData:
-    from cxrlab.tasks.classification.data import (
-        open_dataset,
-        open_or_build_cache,
-        preprocess_config,
-    )
 
     path = run_dir / "split.json"
     if not path.is_file():

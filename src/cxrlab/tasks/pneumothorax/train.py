@@ -40,9 +40,23 @@ import yaml
 
 from cxrlab.config import config_from_dict
 from cxrlab.config.pneumothorax import PneumothoraxConfig
+from cxrlab.data.samplers import PositiveShareSampler
+from cxrlab.engine.callbacks import (
+    EpochCheckpoint,
+    EpochSeed,
+    SamplerState,
+    resume_checkpoint,
+)
+from cxrlab.engine.segmentation import SegmentationCheckpoints, SegmentationModule
+from cxrlab.engine.tracking import mlflow_run
 from cxrlab.errors import ConfigError
 from cxrlab.inference.pneumothorax import gate_checkpoint
+from cxrlab.losses.segmentation import create_segmentation_loss
+from cxrlab.models.segmentation import create_unet, save_segmentation_checkpoint
 from cxrlab.runs.rundir import claim_run_directory, process_rank, run_status
+from cxrlab.tasks.classification.data import accumulation
+from cxrlab.tasks.classification.train import _phase_spec
+from cxrlab.tasks.classification.train import train as train_classifier
 from cxrlab.tasks.pneumothorax.data import (
     SegData,
     _check_sizes,
@@ -52,7 +66,8 @@ from cxrlab.tasks.pneumothorax.data import (
     joint_augment,
     open_data,
 )
-from cxrlab.utils import atomic_write_json, atomic_write_text
+from cxrlab.tasks.pneumothorax.evaluate import evaluate_run
+from cxrlab.utils import atomic_torch_save, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +95,6 @@ def train_unet(cfg: PneumothoraxConfig, data: SegData, role: str, run_dir: Path,
     Returns:
         The best checkpoint (``run_dir/best.pt``).
     """
-    from cxrlab.data.samplers import PositiveShareSampler
-    from cxrlab.engine.callbacks import EpochCheckpoint, EpochSeed, SamplerState, resume_checkpoint
-    from cxrlab.engine.segmentation import SegmentationCheckpoints, SegmentationModule
-    from cxrlab.losses.segmentation import create_segmentation_loss
-    from cxrlab.models.segmentation import create_unet, save_segmentation_checkpoint
-    from cxrlab.tasks.classification.data import accumulation
-    from cxrlab.tasks.classification.train import _phase_spec
-    from cxrlab.utils import atomic_torch_save
 
     _check_sizes(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -194,7 +201,6 @@ def train_gate(cfg: PneumothoraxConfig, data: SegData, run_dir: Path, progress: 
     Returns:
         The gate checkpoint the cascade uses (:func:`gate_checkpoint`).
     """
-    from cxrlab.tasks.classification.train import train as train_classifier
 
     rest = np.concatenate([data.splits["train"], data.splits["valid"]])
     csv = run_dir / "gate_data" / "train-rle.csv"
@@ -240,7 +246,6 @@ def train(cfg: PneumothoraxConfig, test_indices: np.ndarray | None = None, progr
     Raises:
         ConfigError: The run directory already holds a run and ``resume`` is False.
     """
-    from cxrlab.tasks.pneumothorax.evaluate import evaluate_run
 
     worker = process_rank() > 0
     if worker:
@@ -275,7 +280,6 @@ def _log_mlflow(run_dir: Path, cfg: PneumothoraxConfig, metrics: dict[str, Any])
     """Log the recipe's main settings, the test scores per model and row, and the tables."""
     import mlflow
 
-    from cxrlab.engine.tracking import mlflow_run
 
     tags = {"cxrlab.run_dir": str(run_dir.resolve()), "cxrlab.kind": "segmentation"}
     with mlflow_run(cfg.output.root, cfg.output.experiment, cfg.name, tags) as active:

@@ -22,6 +22,7 @@ from cxrlab.config import (
 )
 from cxrlab.config.study import EFFICIENTNET_GROUP, StudyConfig
 from cxrlab.errors import ConfigError
+from cxrlab.models.registry import efficientnet_for_resolution
 
 # ------------------------------------------------------------------------------ batch rule
 
@@ -107,7 +108,6 @@ def expand_grid(study: StudyConfig, out_dir: str | Path) -> list[RunSpec]:
     Raises:
         ConfigError: Two grid cells give the same key (an architecture listed twice).
     """
-    from cxrlab.models.registry import efficientnet_for_resolution
 
     runs_root = Path(out_dir).resolve() / "runs"
     specs: list[RunSpec] = []

@@ -64,7 +64,12 @@ import yaml
 
 from cxrlab.config import config_from_dict
 from cxrlab.config.study import RESULT_COLUMNS, BatchRule, StudyConfig
+from cxrlab.data.synthetic_layouts import write_dataset
+from cxrlab.engine.executors import InlineExecutor
 from cxrlab.errors import ConfigError
+from cxrlab.runs.rundir import read_status
+from cxrlab.tasks.classification.data import prepare_data
+from cxrlab.tasks.classification.train import train
 from cxrlab.tasks.scaling.plan import RunSpec, expand_grid, recipe_fingerprint
 from cxrlab.utils import atomic_write_json, atomic_write_text
 
@@ -109,9 +114,6 @@ def execute_run(payload: Mapping[str, Any],
             ``checkpoints/`` folder is deleted).
         epoch_hook: Passed to :func:`cxrlab.tasks.classification.train.train` (tests).
     """
-    from cxrlab.runs.rundir import read_status
-    from cxrlab.tasks.classification.data import prepare_data
-    from cxrlab.tasks.classification.train import train
 
     spec = dict(payload["spec"])
     config = json.loads(json.dumps(payload["config"]))
@@ -230,7 +232,6 @@ def prepare_phantoms(study: StudyConfig, out_dir: str | Path) -> StudyConfig:
     """
     if not study.phantoms:
         return study
-    from cxrlab.data.synthetic_layouts import write_dataset
 
     spec = dict(study.phantoms)
     unknown = sorted(set(spec) - {"n", "size", "seed", "box_images", "prevalence"})
@@ -339,7 +340,6 @@ def run_study(study: StudyConfig, out_dir: str | Path, executor: Any = None,
         ConfigError: Changed recipes without ``rerun_changed``; a study already running.
         KeyboardInterrupt: Propagated after the executor is stopped.
     """
-    from cxrlab.engine.executors import InlineExecutor
 
     out = Path(out_dir).resolve()
     executor = executor or InlineExecutor()

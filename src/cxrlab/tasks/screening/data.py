@@ -13,12 +13,15 @@ from typing import Any
 import numpy as np
 
 from cxrlab.config.screening import ScreeningConfig
+from cxrlab.data.datasets import load_dataset
+from cxrlab.data.samplers import ShardedSampler
 from cxrlab.data.screening import (
     ScreeningItems,
     ScreeningStore,
     abnormal_truth,
     screening_targets,
 )
+from cxrlab.data.splits import patient_split
 from cxrlab.errors import ConfigError, SkipLog
 
 log = logging.getLogger(__name__)
@@ -55,7 +58,6 @@ def _store_folder(cfg: ScreeningConfig, dataset: Any, name: str) -> Path:
 
 def _open(cfg: ScreeningConfig, spec: Mapping[str, Any], name: str, skips: SkipLog
           ) -> tuple[Any, ScreeningStore]:
-    from cxrlab.data.datasets import load_dataset
 
     dataset = load_dataset(spec["dataset"], on_error=cfg.data.on_error, **dict(spec["options"]))
     store = ScreeningStore.build(dataset, cfg.preprocess(), list(cfg.data.diseases),
@@ -74,7 +76,6 @@ def unseen_rows(dataset: Any, unseen: tuple[str, ...]) -> np.ndarray:
 
 def prepare_screening_data(cfg: ScreeningConfig, skips: SkipLog | None = None) -> ScreeningData:
     """Open the recipe's datasets, split them and build (or reuse) their stores."""
-    from cxrlab.data.splits import patient_split
 
     skips = skips or SkipLog(cfg.data.on_error)
     dataset, store = _open(cfg, {"dataset": cfg.data.dataset, "options": cfg.data.options},
@@ -135,7 +136,6 @@ def _loader(items: ScreeningItems, batch_size: int, shuffle: bool, seed: int, wo
     slice of the same seeded order (one process: the plain loader, unchanged)."""
     import torch
 
-    from cxrlab.data.samplers import ShardedSampler
 
     generator = torch.Generator().manual_seed(seed)
     if shard:

@@ -25,7 +25,12 @@ import pandas as pd
 from cxrlab.config.screening import ScreeningConfig, load_screening_config
 from cxrlab.data.screening import abnormal_truth
 from cxrlab.engine.distributed import torch_threads
-from cxrlab.engine.screening import inference_cost_table, measure_inference, resolve_device
+from cxrlab.engine.screening import (
+    inference_cost_table,
+    measure_inference,
+    resolve_device,
+)
+from cxrlab.engine.tracking import _flatten, mlflow_run
 from cxrlab.errors import MissingFileError, SkipLog
 from cxrlab.inference.screening import (
     _softmax,
@@ -33,6 +38,7 @@ from cxrlab.inference.screening import (
     load_second_classifier,
     load_variant,
 )
+from cxrlab.metrics.classification import auroc
 from cxrlab.metrics.screening import (
     predicted_normal_rate,
     risk_group_counts,
@@ -94,7 +100,6 @@ def _predictions_frame(cfg: ScreeningConfig, eval_set: Any, scored: dict[str, An
 def _variant_report(cfg: ScreeningConfig, data: ScreeningData, run_dir: Path, variant: str
                     ) -> tuple[dict[str, Any], list[pd.DataFrame]]:
     """Scores and tables of one variant over every evaluation set."""
-    from cxrlab.metrics.classification import auroc
 
     nets = load_variant(run_dir, variant, list(cfg.data.diseases))
     svm, point = load_second_classifier(run_dir, variant)
@@ -296,7 +301,6 @@ def log_to_mlflow(cfg: ScreeningConfig, run_dir: Path, report: dict[str, Any]) -
     """Log parameters, headline metrics and the report files of a run to MLflow."""
     import mlflow
 
-    from cxrlab.engine.tracking import _flatten, mlflow_run
 
     params: dict[str, Any] = {}
     _flatten("", cfg.to_dict(), params)

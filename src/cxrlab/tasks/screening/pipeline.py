@@ -15,9 +15,13 @@ from cxrlab.config.screening import (
     save_screening_config,
     screening_config_from_dict,
 )
+from cxrlab.data.synthetic_screening import write_screening_dataset
+from cxrlab.engine.distributed import rank_zero_first
 from cxrlab.errors import ConfigError, MissingFileError
 from cxrlab.inference.screening import load_variant
+from cxrlab.runs.rundir import claim_run_directory, process_rank, run_status
 from cxrlab.tasks.screening.data import prepare_screening_data
+from cxrlab.tasks.screening.evaluate import evaluate_screening
 from cxrlab.tasks.screening.train import train_networks
 from cxrlab.utils import atomic_write_json
 
@@ -41,10 +45,6 @@ def train_screening(cfg: ScreeningConfig, report: Callable[[str], None] | None =
         ConfigError: The run directory exists and neither ``overwrite`` nor ``resume`` is
             set, or the recipe cannot run on its data.
     """
-    from cxrlab.engine.distributed import rank_zero_first
-    from cxrlab.runs.rundir import claim_run_directory, process_rank, run_status
-    from cxrlab.tasks.screening.evaluate import evaluate_screening
-    from cxrlab.tasks.screening.pipeline import run_ablations
 
     run_dir = claim_run_directory(run_directory(cfg), overwrite=overwrite and not resume, resume=resume,
                                   hint="pass --overwrite or --resume", kind="screening")
@@ -117,7 +117,6 @@ def run_screening_demo(out: str | Path, n_images: int = 600, n_external: int = 2
     ``valid_fraction`` / ``test_fraction`` split the main set by patient (the rest trains;
     larger validation and test shares cost inference only).
     """
-    from cxrlab.data.synthetic_screening import write_screening_dataset
 
     if not DEMO_CONFIG.is_file():
         raise MissingFileError(DEMO_CONFIG, "demo recipe not found; run the demo from a source "

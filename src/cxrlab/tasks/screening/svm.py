@@ -10,14 +10,20 @@ from typing import Any
 
 import numpy as np
 
-from cxrlab.config.screening import ScreeningConfig, load_screening_config
+from cxrlab.config.screening import (
+    ScreeningConfig,
+    load_screening_config,
+    save_screening_config,
+)
 from cxrlab.engine.distributed import torch_threads
 from cxrlab.errors import ConfigError, MissingFileError, SkipLog
 from cxrlab.inference.screening import load_second_classifier, load_variant
+from cxrlab.metrics.classification import threshold_at_sensitivity
+from cxrlab.metrics.screening import screening_confusion
 from cxrlab.tasks.screening.data import ScreeningData, prepare_screening_data
 from cxrlab.tasks.screening.evaluate import _evaluate
 from cxrlab.tasks.screening.train import variant_logits
-from cxrlab.utils import atomic_write_json
+from cxrlab.utils import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +63,6 @@ def choose_operating_point(truth: np.ndarray, scores: np.ndarray, target: float
     """
     from sklearn.linear_model import LogisticRegression
 
-    from cxrlab.metrics.classification import threshold_at_sensitivity
-    from cxrlab.metrics.screening import screening_confusion
 
     keep = ~np.isnan(truth)
     upper = threshold_at_sensitivity(truth[keep], scores[keep], target)
@@ -79,7 +83,6 @@ def fit_second_classifier(cfg: ScreeningConfig, data: ScreeningData, nets: list[
     """Fit the SVM on logits, choose the operating point on ``valid``, save both in ``out``."""
     import pickle
 
-    from cxrlab.utils import atomic_write
 
     fit_rows = (np.concatenate([data.parts["hard_train"], data.parts["weak_train"]])
                 if cfg.svm.fit_on == "train" else data.parts["valid"])
@@ -116,7 +119,6 @@ def move_operating_point(run_dir: str | Path, target_sensitivity: float,
         MissingFileError: Not a screening run directory or no trained variant.
         ConfigError: A target outside (0, 1].
     """
-    from cxrlab.config.screening import save_screening_config
 
     run_dir = Path(run_dir)
     if not 0.0 < float(target_sensitivity) <= 1.0:

@@ -40,8 +40,19 @@ from cxrlab.data.screening import (
     ScreeningStore,
     screening_augment,
 )
-from cxrlab.engine.distributed import torch_threads
-from cxrlab.engine.screening import resolve_device
+from cxrlab.engine.distributed import torch_threads, world
+from cxrlab.engine.screening import (
+    PhaseSchedule,
+    predict_logits,
+    resolve_device,
+    train_network,
+)
+from cxrlab.losses.screening import ScreeningLoss
+from cxrlab.models.multitask import (
+    MultiTaskNet,
+    SharedEncoderNet,
+    save_multitask_checkpoint,
+)
 from cxrlab.tasks.screening.data import ScreeningData, _loader
 from cxrlab.utils import atomic_write_text
 
@@ -58,7 +69,6 @@ log = logging.getLogger(__name__)
 
 
 def _schedules(cfg: ScreeningConfig):
-    from cxrlab.engine.screening import PhaseSchedule
 
     t = cfg.train
     common = dict(lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), patience=t.patience,
@@ -91,15 +101,7 @@ def train_job(cfg: ScreeningConfig, store_folder: str, targets: np.ndarray,
     """
     import torch
 
-    from cxrlab.engine.screening import train_network
-    from cxrlab.losses.screening import ScreeningLoss
-    from cxrlab.models.multitask import (
-        MultiTaskNet,
-        SharedEncoderNet,
-        save_multitask_checkpoint,
-    )
 
-    from cxrlab.engine.distributed import world
 
     store = ScreeningStore.open(store_folder)
     size, rank = world()
@@ -200,7 +202,6 @@ def train_networks(cfg: ScreeningConfig, data: ScreeningData, run_dir: Path,
 def variant_logits(cfg: ScreeningConfig, nets: list[Any], store: ScreeningStore,
                    rows: np.ndarray) -> np.ndarray:
     """Logits ``float32 [len(rows), D, K]`` of a variant on store rows (no augmentation)."""
-    from cxrlab.engine.screening import predict_logits
 
     device = resolve_device(cfg.train.device)
     dummy = np.zeros((len(store), len(cfg.data.diseases)), dtype=np.int64)
