@@ -230,7 +230,7 @@ def main() -> None:
     parser.add_argument("--batch-wait-ms", type=float, default=10.0, help="batching wait bound")
     parser.add_argument("--rounds", type=int, default=1, help="cycles through the configurations (median)")
     parser.add_argument("--onnx", action="store_true",
-                        help="also serve with --backend onnx (needs the ONNX backends of `cxrlab export`)")
+                        help="also serve with --backend onnx (the run is exported with `cxrlab export` first)")
     parser.add_argument("--n-images", type=int, default=240, help="phantoms to train on")
     parser.add_argument("--size", type=int, default=128, help="phantom side in pixels")
     parser.add_argument("--epochs", type=int, default=3)
@@ -246,6 +246,8 @@ def main() -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir = train_phantom_model(out, args.n_images, args.size, args.epochs)
         print(f"trained {run_dir} in {time.perf_counter() - started:.0f} s")
+    if args.onnx:                                           # the ONNX file the onnx backend loads
+        subprocess.run([sys.executable, "-m", "cxrlab.cli.main", "export", str(run_dir)], check=True)
     shutil.rmtree(out / "servers", ignore_errors=True)     # worklists, PNGs and logs of earlier runs
     images = sorted((out / "data").rglob("*.jpg"))[:50] or sorted((out / "data").rglob("*.png"))[:50]
     pngs = []
