@@ -53,8 +53,8 @@ def _study_file(tmp_path: Path) -> Path:
 
 
 def test_scaling_runs_reports_failures_and_resumes(tmp_path, monkeypatch):
-    monkeypatch.setattr("cxrlab.tasks.classification.train.train", _fake_train)
-    monkeypatch.setattr("cxrlab.tasks.classification.data.prepare_data", lambda cfg, cache_root=None: None)
+    monkeypatch.setattr("cxrlab.tasks.scaling.run.train", _fake_train)
+    monkeypatch.setattr("cxrlab.tasks.scaling.run.prepare_data", lambda cfg, cache_root=None: None)
     config, out = _study_file(tmp_path), tmp_path / "study"
     args = ["study", "scaling", str(config), "--out", str(out), "--executor", "inline"]
     result = runner.invoke(_app(), args)

@@ -125,8 +125,8 @@ class _FakeTrainer:
 def fake(monkeypatch):
     def install(**kwargs):
         trainer = _FakeTrainer(**kwargs)
-        monkeypatch.setattr("cxrlab.tasks.classification.train.train", trainer)
-        monkeypatch.setattr("cxrlab.tasks.classification.data.prepare_data", lambda cfg, cache_root=None: None)
+        monkeypatch.setattr("cxrlab.tasks.scaling.run.train", trainer)
+        monkeypatch.setattr("cxrlab.tasks.scaling.run.prepare_data", lambda cfg, cache_root=None: None)
         return trainer
 
     return install

@@ -361,8 +361,6 @@ def run_study(study: StudyConfig, out_dir: str | Path, executor: Any = None,
         started, durations, begun = time.time(), [], {}
         failed: dict[str, str] = {}
         if prepare and todo:
-            from cxrlab.tasks.classification.data import prepare_data
-
             for size in sorted({s.resolution for s in todo}):
                 first = next(s for s in todo if s.resolution == size)
                 cfg = config_from_dict(first.config)
