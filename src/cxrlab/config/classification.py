@@ -287,7 +287,6 @@ def resolve_paths(cfg: ExperimentConfig, base: Path) -> ExperimentConfig:
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     """Write the resolved recipe as YAML, atomically."""
-
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 

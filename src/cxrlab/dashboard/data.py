@@ -213,7 +213,6 @@ def compare_aurocs(records: Sequence[RunRecord], split: str, reference: str,
         Columns ``task, run, auroc, ci_low, ci_high, auroc_ci, delta, z, p_value, n_paired, note``;
         ``delta = AUROC(run) - AUROC(reference)`` on the paired studies.
     """
-
     by_name = {r.name: r for r in records}
     if reference not in by_name:
         raise MissingFileError(reference, "reference run is not among the compared runs")
@@ -267,7 +266,6 @@ def scaling_tables(study_dir: str | Path) -> dict[str, pd.DataFrame]:
     as ``results.csv``; otherwise they are computed from ``results.csv`` with
     :mod:`cxrlab.report.scaling` (nothing is written).
     """
-
     study_dir = Path(study_dir)
     results = scaling.load_results(study_dir)
     written = {"summary": "summary_by_resolution.csv", "delta": "model_scaling_delta.csv",

@@ -156,7 +156,32 @@ def block_items(item_bytes: int, block_bytes: int = 8 << 20) -> int:
     return max(1, int(block_bytes) // max(1, int(item_bytes)))
 
 
-class BlockShuffleSampler(Sampler[int]):
+class _EpochSeeded(Sampler[int]):
+    """``n`` items in an order that is a pure function of ``(seed, epoch)``.
+
+    The trainer calls :meth:`set_epoch` before each epoch, so a resumed run gets the order
+    an uninterrupted one would have had; every epoch's generator is seeded with
+    :meth:`generator` (``seed * 7919 + epoch``).
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool) -> None:
+        self.n = int(n)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def generator(self) -> torch.Generator:
+        """This epoch's random generator."""
+        return torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+
+
+class BlockShuffleSampler(_EpochSeeded):
     """Quasi-random order for a store larger than memory (FFCV's ``QUASI_RANDOM``).
 
     The ``n`` items are cut into blocks of ``block_size`` consecutive indices; each
@@ -170,7 +195,7 @@ class BlockShuffleSampler(Sampler[int]):
 
     Every epoch visits every index exactly once; the order is a pure function of
     ``(seed, epoch)`` (the same derivation as
-    :class:`~cxrlab.engine.callbacks.EpochShuffleSampler`), so a resumed run that calls
+    :class:`EpochShuffleSampler`), so a resumed run that calls
     :meth:`set_epoch` gets the order an uninterrupted run would have had.
 
     Args:
@@ -191,24 +216,15 @@ class BlockShuffleSampler(Sampler[int]):
         if int(block_size) < 1 or int(window) < 1:
             raise ConfigError("sampler.block_size", f"block_size and window must be >= 1, "
                                                     f"got {block_size} and {window}")
-        self.n = int(n)
+        super().__init__(n, seed, shuffle)
         self.block_size = int(block_size)
         self.window = int(window)
-        self.seed = int(seed)
-        self.shuffle = shuffle
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.n
 
     def order(self) -> np.ndarray:
         """This epoch's order as an int64 array."""
         if not self.shuffle or self.n == 0:
             return np.arange(self.n, dtype=np.int64)
-        generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        generator = self.generator()
         n_blocks = math.ceil(self.n / self.block_size)
         blocks = torch.randperm(n_blocks, generator=generator).numpy()
         parts = []
@@ -223,7 +239,7 @@ class BlockShuffleSampler(Sampler[int]):
         return iter(self.order().tolist())
 
 
-class EpochShuffleSampler(Sampler[int]):
+class EpochShuffleSampler(_EpochSeeded):
     """Shuffles ``n`` items with a permutation fixed by (seed, epoch).
 
     The trainer calls :meth:`set_epoch` before each epoch, so a resumed run gets the
@@ -237,22 +253,12 @@ class EpochShuffleSampler(Sampler[int]):
     """
 
     def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
-        self.n = int(n)
-        self.seed = int(seed)
-        self.shuffle = shuffle
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.n
+        super().__init__(n, seed, shuffle)
 
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
             return iter(range(self.n))
-        generator = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        return iter(torch.randperm(self.n, generator=self.generator()).tolist())
 
 
 def shard_order(order: Sequence[int], num_replicas: int, rank: int, block: int = 1) -> list[int]:

@@ -174,7 +174,6 @@ def validation_metrics(model: Network, loader: DataLoader, loss_fn: ScreeningLos
     :class:`~cxrlab.engine.metrics.Cumulative`: under DDP (a sharded ``loader``) every rank
     gets the metrics of the whole validation set, each image counted once.
     """
-
     model.eval()
     per_item = _item_ce(loss_fn).to(device)
     items = Cumulative()
@@ -433,7 +432,6 @@ def compare_inference_cost(encoder: str = "densenet121", n_diseases: int = 13, s
                            bf16: bool = False) -> pd.DataFrame:
     """Per-disease ensemble (``n_diseases`` networks) vs shared encoder at ``size`` px,
     untrained weights (cost does not depend on them)."""
-
     small = (8, 8, 8, 8, 8, 8)      # decoder is never run at inference
     names = [f"d{k}" for k in range(n_diseases)]
     variants = {"ensemble": [MultiTaskNet(encoder, num_classes, channels, None, small)

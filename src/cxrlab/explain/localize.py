@@ -264,7 +264,6 @@ def prepared_input(path: str | Path, meta: dict[str, Any], boxes: pd.DataFrame):
         model's input tensor, the union of the boxes as a bool mask at the input size
         (through the same padding and resize as the image), and the boxes in input pixels.
     """
-
     pixels = read_image(path).pixels
     cfg = PreprocessConfig.from_dict(meta["preprocessing"])
     corners = _to_pixels(boxes, pixels.shape)

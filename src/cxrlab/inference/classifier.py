@@ -82,7 +82,6 @@ class ClassifierPredictor:
             MissingFileError: No such checkpoint, or no ONNX export. ConfigError: Metadata
                 without labels. OnnxModelError: The ONNX file is corrupt or from another model.
         """
-
         checkpoint = resolve_checkpoint(path)
         model, meta = load_model_checkpoint(checkpoint)
         name = meta.get("run_name") or (Path(path).name if Path(path).is_dir() else checkpoint.stem)

@@ -217,7 +217,6 @@ def run_networks(path: str | Path) -> list[ExportNetwork]:
 def parity_images(size: int = 160) -> list[tuple[str, np.ndarray]]:
     """Images the parity check runs: three phantoms (one with a pneumothorax) and, when
     pydicom-data is installed, its real chest radiograph ``RG1_UNCR.dcm``."""
-
     images = [(f"phantom_{i}", generate_phantom(np.random.default_rng(900 + i), size, names).image)
               for i, names in enumerate([(), ("pneumothorax",), ("cardiomegaly", "effusion")])]
     try:

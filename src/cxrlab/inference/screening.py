@@ -32,7 +32,6 @@ def variant_checkpoints(run_dir: Path, variant: str, diseases: list[str]) -> lis
 
 def load_variant(run_dir: Path, variant: str, diseases: list[str]) -> list[Any]:
     """The trained networks of a variant in disease order (one for ``shared``)."""
-
     return [load_multitask_checkpoint(path)[0].eval() for path in variant_checkpoints(run_dir, variant, diseases)]
 
 

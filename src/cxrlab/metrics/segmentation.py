@@ -158,7 +158,6 @@ def gate_auroc(y_true: ArrayLike, gate_scores: ArrayLike) -> float:
 
     Uses :func:`cxrlab.metrics.classification.auroc` (NaN with a warning for one class).
     """
-
     return auroc(np.asarray(y_true, dtype=np.float64), np.asarray(gate_scores, dtype=np.float64))
 
 

@@ -296,7 +296,6 @@ def build_network(config: Mapping[str, Any]) -> MultiTaskNet | SharedEncoderNet:
 def save_multitask_checkpoint(path: str | os.PathLike, model: MultiTaskNet | SharedEncoderNet,
                               meta: Mapping[str, Any] | None = None) -> Path:
     """Write weights, construction arguments and ``meta`` (JSON-serializable) atomically."""
-
     payload = {"format": FORMAT, "version": VERSION,
                "config_json": json.dumps(model.config),
                "meta_json": json.dumps(dict(meta or {}), default=_json_default),

@@ -299,7 +299,6 @@ def save_segmentation_checkpoint(path: str | os.PathLike, model: SegmentationMod
     Raises:
         ConfigError: ``model`` is not a :class:`SegmentationModel`.
     """
-
     if not isinstance(model, SegmentationModel):
         raise ConfigError("model", f"expected a cxrlab SegmentationModel, got {type(model).__name__}")
     full = {**dict(meta), **model.config}

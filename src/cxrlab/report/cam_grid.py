@@ -42,7 +42,6 @@ def best_runs(results: pd.DataFrame, classes: Sequence[str] | None = None) -> pd
 def _boxed_classes(study_dir: Path, boxes_path: str | Path, images_dir: str | Path,
                    classes: Sequence[str] | None):
     """``(best runs, mapped boxes restricted to found images, image index)``."""
-
     results = load_results(study_dir)
     tasks = list(dict.fromkeys(results["task"]))
     boxes = map_to_model(read_boxes(boxes_path), tasks, classes)
@@ -126,7 +125,6 @@ def localize_best_runs(study_dir: str | Path, boxes_path: str | Path, images_dir
     Columns: ``class, resolution, arch, best_auroc`` and the columns of
     :func:`cxrlab.explain.localize.summarize`.
     """
-
     study_dir = Path(study_dir)
     runs, _, _ = _boxed_classes(study_dir, boxes_path, images_dir, classes)
     rows = []

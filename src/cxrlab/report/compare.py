@@ -24,7 +24,6 @@ def compare_runs(run_a: str | Path, run_b: str | Path, split: str = "test") -> p
     Raises:
         ConfigError: The runs share no studies or no tasks (different splits/data).
     """
-
     a, b = _predictions(Path(run_a), split), _predictions(Path(run_b), split)
     merged = a.merge(b, on="study_id", suffixes=("_a", "_b"))
     if merged.empty:

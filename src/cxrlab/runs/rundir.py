@@ -65,7 +65,6 @@ class RunDir:
 
 def write_run_json(run_dir: str | Path, kind: str, **extra: Any) -> Path:
     """Write ``run.json``: the run's kind, the format version and the cxrlab version."""
-
     if kind not in RUN_KINDS:
         raise ConfigError("kind", f"unknown run kind {kind!r}; choose from {RUN_KINDS}")
     return atomic_write_json(Path(run_dir) / RunDir.RUN, {"kind": kind, "format": RUN_FORMAT_VERSION,

@@ -161,7 +161,6 @@ class ModelSet:
         Raises:
             InputError: The file is not a readable image (subclasses say why).
         """
-
         if image is None:
             image = read_image(path, max_pixels=self.max_pixels)
         pixels = image.pixels
@@ -234,7 +233,6 @@ class PreparedImage:
 def _analysis(item: PreparedImage, findings: list[dict[str, Any]], cam: Any, screening: dict[str, Any] | None,
               ptx: tuple[np.ndarray, float, float | None] | None) -> Analysis:
     """One image's :class:`Analysis` from its models' outputs."""
-
     pneumothorax, mask_png = None, None
     if ptx is not None:
         mask, probability, _ = ptx

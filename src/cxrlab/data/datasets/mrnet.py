@@ -301,7 +301,6 @@ def read_exam(path: str | Path, root: str | Path | None = None) -> tuple[str, di
     Raises:
         ExamError: An id without ``root``, or an id found in no split.
     """
-
     text = str(path)
     if _ID.match(text):
         if root is None:

@@ -33,7 +33,6 @@ DEMO_RECIPE: dict[str, Any] = {
 
 def case_stats(dataset: BratsDataset) -> dict[str, Any]:
     """``{"layout", "labels", "cases": {id: {"WT", "TC", "ET"}}, "survival_rows", "skipped"}``: voxel counts per region."""
-
     cases: dict[str, dict[str, int]] = {}
     for case_id in dataset.case_ids:
         try:
@@ -62,7 +61,6 @@ def run_demo(out: str | Path, overrides: Sequence[str] = (), progress: bool = Fa
 
     The run folder is replaced when it exists, so the demo can be rerun into the same folder.
     """
-
     cfg = demo_config(out, overrides)
     run_dir = train(cfg, overwrite=True, progress=progress)
     metrics = json.loads((run_dir / "metrics.json").read_text())

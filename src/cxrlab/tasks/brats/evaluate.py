@@ -65,7 +65,6 @@ def evaluate_run(run_dir: str | Path, cfg: BratsConfig | None = None, dataset: B
         MissingFileError: Not a run folder.
         ConfigError: The split has no case with a segmentation.
     """
-
     run_dir = Path(run_dir)
     if cfg is None:
         if not (run_dir / "config.yaml").is_file():
@@ -120,7 +119,6 @@ def score_label_folders(pred_dir: str | Path, truth_dir: str | Path, labels: str
         VolumeMismatchError: A pair differs in shape.
         LabelValueError: Values outside the convention.
     """
-
     def listing(folder: Path, what: str) -> dict[str, Path]:
         if not folder.is_dir():
             raise MissingFileError(folder, f"{what} folder not found")

@@ -126,7 +126,6 @@ def survival_run(run_dir: str | Path, source: str | None = None) -> dict[str, An
         MissingFileError: Not a run folder.
         ConfigError: The dataset has no survival CSV or too few usable cases.
     """
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise MissingFileError(run_dir / "config.yaml", "not a BraTS run folder")

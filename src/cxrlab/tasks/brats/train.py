@@ -226,7 +226,6 @@ def train(cfg: BratsConfig, resume: bool = False, overwrite: bool = False, progr
     Raises:
         ConfigError: The run folder holds a run (and neither flag is set); bad split.
     """
-
     cfg = ensure_phantoms(cfg)
     run_dir = claim_run_directory(Path(cfg.output.root) / cfg.name, resume=resume, overwrite=overwrite,
                                   hint="pass --resume to continue it or --overwrite to replace it", kind="brats")

@@ -37,7 +37,6 @@ def bce_vs_dam(bce: ExperimentConfig, dam: ExperimentConfig, split: str = "test"
     Raises:
         ConfigError: The recipes differ in data, tasks or split, or share a run name.
     """
-
     if bce.data != dam.data:
         raise ConfigError("data", "BCE and DAM recipes must use identical data sections (same split_seed)")
     if bce.name == dam.name and bce.output.root == dam.output.root:

@@ -74,7 +74,6 @@ def preprocess_config(data: DataConfig) -> PreprocessConfig:
 
 def open_dataset(data: DataConfig, options: dict[str, Any]):
     """Open the configured adapter with the recipe's label policy and view filter."""
-
     policy = parse_policies(list(data.policy), default=data.default_policy)
     if "multiclass" in {policy.for_class(t) for t in data.tasks} :
         raise ConfigError(
@@ -114,7 +113,6 @@ def open_or_build_cache(dataset, pcfg: PreprocessConfig, data: DataConfig, root:
     cache, found among the explicit folder's neighbours or in ``root/cache``, so the two
     sets are never checked against each other.
     """
-
     if data.cache == "none":
         return None
     store = cache_store(root)
@@ -139,7 +137,6 @@ def _fractions(split: dict[str, float], drop_valid: bool) -> dict[str, float]:
 
 def prepare_data(cfg: ExperimentConfig, cache_root: Path | None = None) -> PreparedData:
     """Open and split the recipe's data, check both sets, then find or build their caches."""
-
     data = cfg.data
     if data.channels not in (1, 3):
         raise ConfigError("data.channels", f"must be 1 or 3, got {data.channels}")
@@ -181,7 +178,6 @@ def make_loader(prepared: PreparedData, split: str, cfg: ExperimentConfig, train
     ``use_distributed_sampler=False``. Loaders that must see the whole split in one
     process (evaluation after training) leave it False.
     """
-
     part = prepared.splits[split]
     augment = default_train_augment("classification", seed=cfg.seed) if (train and cfg.data.augment) else None
     block = block_items(part.cache.item_bytes) if part.cache is not None else None

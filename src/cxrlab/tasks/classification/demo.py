@@ -31,7 +31,6 @@ def demo_config_path() -> Path:
     Raises:
         MissingFileError: cxrlab was installed without its source tree.
     """
-
     if not DEMO_CONFIG.is_file():
         raise MissingFileError(DEMO_CONFIG, "demo recipe not found; run the demo from a source checkout "
                                "(pip install -e .)")

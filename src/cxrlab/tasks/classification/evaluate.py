@@ -33,7 +33,6 @@ def predict_split(model: torch.nn.Module | ClassifierPredictor, prepared: Prepar
                   cfg: ExperimentConfig, device: torch.device | None = None) -> pd.DataFrame:
     """Per-study labels and probabilities (maximum over the study's views), through the
     classifier's predictor (a bare model is wrapped with the run's metadata)."""
-
     device = device or torch.device("cpu")
     if not isinstance(model, ClassifierPredictor):
         model = ClassifierPredictor(model, {"labels": list(prepared.task_names), "num_classes": len(prepared.task_names),
@@ -59,7 +58,6 @@ def predict_split(model: torch.nn.Module | ClassifierPredictor, prepared: Prepar
 
 def score_predictions(frame: pd.DataFrame, task_names: Sequence[str]) -> dict[str, Any]:
     """Per-task metrics of a per-study prediction table (see ``per_class_report``)."""
-
     y = frame[[f"label_{t}" for t in task_names]].to_numpy(dtype=float)
     p = frame[[f"prob_{t}" for t in task_names]].to_numpy(dtype=float)
     report = per_class_report(y, p, list(task_names))
@@ -71,7 +69,6 @@ def score_predictions(frame: pd.DataFrame, task_names: Sequence[str]) -> dict[st
 def evaluate_run(run_dir: str | Path, splits: Sequence[str] | None = None, checkpoint: str = "best_auroc.pt",
                  prepared: PreparedData | None = None, cfg: ExperimentConfig | None = None) -> dict[str, Any]:
     """Score a run's best checkpoint on its splits; writes metrics, predictions, curves."""
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise MissingFileError(run_dir, "not a run directory (no config.yaml)")

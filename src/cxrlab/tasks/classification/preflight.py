@@ -65,7 +65,6 @@ def check_recipe(cfg: ExperimentConfig, resume: bool = False) -> None:
             lists all).
         ConfigError: A choice is invalid (the message lists every problem).
     """
-
     data = cfg.data
     problems: list[tuple[str, str]] = []
     if data.dataset not in DATASETS:

@@ -15,7 +15,6 @@ DEMO_RECIPE = Path(__file__).resolve().parents[4] / "configs" / "demo_mrnet.yaml
 def run_demo(out: str | Path, recipe: str | Path | None = None, overrides: list[str] | None = None,
              progress: bool = False) -> Path:
     """Train ``configs/demo_mrnet.yaml`` (or ``recipe``) with its run root set to ``out``; returns the run."""
-
     cfg = load_mrnet_config(recipe or DEMO_RECIPE, overrides or [])
     cfg = dataclasses.replace(cfg, output=OutputConfig(root=str(out), mlflow=cfg.output.mlflow,
                                                        experiment=cfg.output.experiment))

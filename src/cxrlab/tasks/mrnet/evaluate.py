@@ -48,7 +48,6 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 def predict_splits(run_dir: str | Path, splits: Any) -> dict[str, pd.DataFrame]:
     """Predict every split with the run's networks (no combination yet); writes ``predictions_<split>.csv``."""
-
     run_dir = Path(run_dir)
     predictor = MRNetPredictor.from_run_dir(run_dir, require_combine=False)
     out = {}
@@ -105,7 +104,6 @@ def top_slice_cam(predictor: Any, volumes: Any, task: str, plane: str, method: s
     Returns:
         ``(slice index, Heatmap)``; the map has the network's input size.
     """
-
     top, x = predictor.top_slice(volumes, task, plane)
     net = predictor.nets[(task, plane)][0]
     return top, heatmap(net.slice_model(), x[top], target=0, method=method, labels=[task], with_png=False)
@@ -138,7 +136,6 @@ def evaluate_run(run_dir: str | Path, predictions: pd.DataFrame | None = None, c
         predictions: The valid exams' per-plane predictions; default: predicted now.
         cam_exams: Held-out exams whose top-slice CAMs are written (``cams/``).
     """
-
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     predictor = MRNetPredictor.from_run_dir(run_dir)

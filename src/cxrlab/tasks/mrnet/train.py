@@ -214,7 +214,6 @@ def _train(cfg: MRNetConfig, *, resume: bool = False, overwrite: bool = False, p
     Raises:
         ConfigError: The run folder holds files and neither ``resume`` nor ``overwrite`` is set.
     """
-
     cfg = ensure_phantoms(cfg)
     run_dir = claim_run_directory(Path(cfg.output.root) / cfg.name, resume=resume, overwrite=overwrite,
                                   hint="pass --resume to continue it", kind="mrnet")

@@ -40,7 +40,6 @@ def cross_validate(cfg: PneumothoraxConfig, folds: int | None = None, out: str |
         ``{"folds": [...run dirs], "table": long DataFrame, "markdown": str, "gate_auroc": [...]}``;
         also writes ``cv_results.csv``, ``cv_table.csv``, ``cv_table.md``, ``cv_metrics.json``.
     """
-
     out = Path(out) if out is not None else Path(cfg.output.root) / cfg.name
     n_folds = int(folds or cfg.cv.folds)
     cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, root=str(out)))

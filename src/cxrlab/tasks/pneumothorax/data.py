@@ -78,7 +78,6 @@ def open_data(cfg: PneumothoraxConfig, test_indices: np.ndarray | None = None) -
     Raises:
         ConfigError: The dataset has no masks, or the split leaves a part empty.
     """
-
     if cfg.data.dataset != "siim":
         raise ConfigError("data.dataset", f"the pneumothorax pipeline reads the SIIM-ACR layout (train-rle.csv + "
                                           f"DICOMs, dataset: siim), got {cfg.data.dataset!r}")
@@ -139,7 +138,6 @@ def _loader(cfg: PneumothoraxConfig, data: SegData, indices: np.ndarray, train: 
             epoch_size: int | None = None, shard: bool = False) -> torch.utils.data.DataLoader:
     """A loader over ``indices``; ``shard``: a trainer's loader, each DDP rank reading its
     slice of the epoch's order (whole positive-share batches stay together)."""
-
     ds = ImageDataset(data.dataset, data.preprocess, channels=cfg.data.channels,
                       normalization=cfg.data.normalization, augment=augment, cache=data.cache,
                       with_masks=True, indices=indices)

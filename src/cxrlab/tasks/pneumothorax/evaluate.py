@@ -80,7 +80,6 @@ def unet_probabilities(checkpoint: Path, cfg: PneumothoraxConfig, data: SegData,
 
 def gate_probabilities(checkpoint: Path, data: SegData, indices: np.ndarray) -> np.ndarray:
     """The gate's pneumothorax probability for dataset rows (read and preprocessed like its training)."""
-
     if len(indices) == 0:
         return np.zeros(0)
     paths = data.dataset.table["path"].astype(str).iloc[indices].tolist()

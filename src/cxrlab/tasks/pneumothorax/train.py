@@ -95,7 +95,6 @@ def train_unet(cfg: PneumothoraxConfig, data: SegData, role: str, run_dir: Path,
     Returns:
         The best checkpoint (``run_dir/best.pt``).
     """
-
     _check_sizes(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_idx, valid_idx = data.splits["train"], data.splits["valid"]
@@ -201,7 +200,6 @@ def train_gate(cfg: PneumothoraxConfig, data: SegData, run_dir: Path, progress: 
     Returns:
         The gate checkpoint the cascade uses (:func:`gate_checkpoint`).
     """
-
     rest = np.concatenate([data.splits["train"], data.splits["valid"]])
     csv = run_dir / "gate_data" / "train-rle.csv"
     if process_rank() == 0:
@@ -246,7 +244,6 @@ def train(cfg: PneumothoraxConfig, test_indices: np.ndarray | None = None, progr
     Raises:
         ConfigError: The run directory already holds a run and ``resume`` is False.
     """
-
     worker = process_rank() > 0
     if worker:
         log.info("DDP worker of rank %d: training every network alongside rank 0", process_rank())

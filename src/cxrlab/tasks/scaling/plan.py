@@ -108,7 +108,6 @@ def expand_grid(study: StudyConfig, out_dir: str | Path) -> list[RunSpec]:
     Raises:
         ConfigError: Two grid cells give the same key (an architecture listed twice).
     """
-
     runs_root = Path(out_dir).resolve() / "runs"
     specs: list[RunSpec] = []
     task_groups = ([(t, (t,)) for t in study.tasks] if study.mode == "binary"

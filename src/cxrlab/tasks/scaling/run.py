@@ -114,7 +114,6 @@ def execute_run(payload: Mapping[str, Any],
             ``checkpoints/`` folder is deleted).
         epoch_hook: Passed to :func:`cxrlab.tasks.classification.train.train` (tests).
     """
-
     spec = dict(payload["spec"])
     config = json.loads(json.dumps(payload["config"]))
     rule = BatchRule(effective=int(payload["effective"]))
@@ -340,7 +339,6 @@ def run_study(study: StudyConfig, out_dir: str | Path, executor: Any = None,
         ConfigError: Changed recipes without ``rerun_changed``; a study already running.
         KeyboardInterrupt: Propagated after the executor is stopped.
     """
-
     out = Path(out_dir).resolve()
     executor = executor or InlineExecutor()
     with _study_lock(out):

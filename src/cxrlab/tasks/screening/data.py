@@ -76,7 +76,6 @@ def unseen_rows(dataset: Any, unseen: tuple[str, ...]) -> np.ndarray:
 
 def prepare_screening_data(cfg: ScreeningConfig, skips: SkipLog | None = None) -> ScreeningData:
     """Open the recipe's datasets, split them and build (or reuse) their stores."""
-
     skips = skips or SkipLog(cfg.data.on_error)
     dataset, store = _open(cfg, {"dataset": cfg.data.dataset, "options": cfg.data.options},
                            "main", skips)

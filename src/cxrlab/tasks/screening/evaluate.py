@@ -100,7 +100,6 @@ def _predictions_frame(cfg: ScreeningConfig, eval_set: Any, scored: dict[str, An
 def _variant_report(cfg: ScreeningConfig, data: ScreeningData, run_dir: Path, variant: str
                     ) -> tuple[dict[str, Any], list[pd.DataFrame]]:
     """Scores and tables of one variant over every evaluation set."""
-
     nets = load_variant(run_dir, variant, list(cfg.data.diseases))
     svm, point = load_second_classifier(run_dir, variant)
     confusion_rows, risk_tables, unseen_tables = [], [], []

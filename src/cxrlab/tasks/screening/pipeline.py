@@ -45,7 +45,6 @@ def train_screening(cfg: ScreeningConfig, report: Callable[[str], None] | None =
         ConfigError: The run directory exists and neither ``overwrite`` nor ``resume`` is
             set, or the recipe cannot run on its data.
     """
-
     run_dir = claim_run_directory(run_directory(cfg), overwrite=overwrite and not resume, resume=resume,
                                   hint="pass --overwrite or --resume", kind="screening")
     if process_rank() > 0:
@@ -117,7 +116,6 @@ def run_screening_demo(out: str | Path, n_images: int = 600, n_external: int = 2
     ``valid_fraction`` / ``test_fraction`` split the main set by patient (the rest trains;
     larger validation and test shares cost inference only).
     """
-
     if not DEMO_CONFIG.is_file():
         raise MissingFileError(DEMO_CONFIG, "demo recipe not found; run the demo from a source "
                                             "checkout (pip install -e .)")

@@ -119,7 +119,6 @@ def move_operating_point(run_dir: str | Path, target_sensitivity: float,
         MissingFileError: Not a screening run directory or no trained variant.
         ConfigError: A target outside (0, 1].
     """
-
     run_dir = Path(run_dir)
     if not 0.0 < float(target_sensitivity) <= 1.0:
         raise ConfigError("--target-sensitivity", f"must lie in (0, 1], got {target_sensitivity}")

@@ -202,7 +202,6 @@ def train_networks(cfg: ScreeningConfig, data: ScreeningData, run_dir: Path,
 def variant_logits(cfg: ScreeningConfig, nets: list[Any], store: ScreeningStore,
                    rows: np.ndarray) -> np.ndarray:
     """Logits ``float32 [len(rows), D, K]`` of a variant on store rows (no augmentation)."""
-
     device = resolve_device(cfg.train.device)
     dummy = np.zeros((len(store), len(cfg.data.diseases)), dtype=np.int64)
     items = ScreeningItems(store, rows, dummy, 0, DilationConfig(enabled=False), None,
