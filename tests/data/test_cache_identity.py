@@ -111,6 +111,64 @@ def test_incremental_update_reprocesses_changed_files_alone(data_dir, tmp_path, 
     assert ensure_cache(changed, CFG, folder, workers=1).action == "reused" and written == []
 
 
+def test_modified_files_alone_are_rewritten_in_place(data_dir, tmp_path, monkeypatch):
+    """Same files in the same order, some modified: their slots are rewritten in the cache's
+    own files (no copy of the unchanged items), and the result equals a fresh build."""
+    dataset = open_set(data_dir)
+    folder = tmp_path / "c"
+    ensure_cache(dataset, CFG, folder, workers=1)
+    inode = (folder / IMAGES).stat().st_ino
+    paths = dataset.table["path"].tolist()
+    shutil.copyfile(paths[0], paths[4])
+    shutil.copyfile(paths[1], paths[9])
+    written: list[int] = []
+    original = _ChunkWriter._write
+    monkeypatch.setattr(_ChunkWriter, "_write",
+                        lambda self, i: (written.append(i), original(self, i))[1])
+    result = ensure_cache(open_set(data_dir), CFG, folder, workers=1)
+    assert result.action == "updated" and sorted(written) == [4, 9] and result.processed == 2
+    assert "2 modified" in result.detail
+    assert (folder / IMAGES).stat().st_ino == inode  # the same file, not a rewritten copy
+    assert result.cache.manifest["build"]["copied"] == len(dataset) - 2
+    assert "updating" not in result.cache.manifest and "updated" in result.cache.manifest
+    fresh = build_cache(open_set(data_dir), CFG, tmp_path / "fresh", workers=1, progress=False)
+    assert (folder / IMAGES).read_bytes() == (tmp_path / "fresh" / IMAGES).read_bytes()
+    np.testing.assert_array_equal(result.cache.digests, fresh.digests)
+    ResolutionCache.open(folder, dataset=open_set(data_dir), cfg=CFG, verify=True)
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name] == []
+
+
+def test_an_interrupted_in_place_update_is_refused_then_finished(data_dir, tmp_path, monkeypatch):
+    dataset = open_set(data_dir)
+    folder = tmp_path / "c"
+    ensure_cache(dataset, CFG, folder, workers=1)
+    paths = dataset.table["path"].tolist()
+    shutil.copyfile(paths[0], paths[6])
+    original = _ChunkWriter._write
+
+    class Killed(BaseException):
+        pass
+
+    def die(self, i):
+        self.images[i] = 77  # a half-written slot
+        raise Killed
+
+    monkeypatch.setattr(_ChunkWriter, "_write", die)
+    with pytest.raises(Killed):
+        ensure_cache(open_set(data_dir), CFG, folder, workers=1)
+    monkeypatch.setattr(_ChunkWriter, "_write", original)
+    # the slot's old record is void: whatever the source files do now, the item is redone
+    for check in (lambda: ResolutionCache.open(folder, dataset=open_set(data_dir), cfg=CFG),
+                  lambda: ResolutionCache.open(folder, verify=True)):
+        with pytest.raises(CacheError, match="did not finish; re-run `cxrlab data cache`"):
+            check()
+    found = auto_cache(open_set(data_dir), CFG, tmp_path, workers=1)  # cache: auto finds it
+    assert found.action == "updated" and found.processed == 1 and found.cache.path == folder
+    fresh = build_cache(open_set(data_dir), CFG, tmp_path / "fresh", workers=1, progress=False)
+    assert (folder / IMAGES).read_bytes() == (tmp_path / "fresh" / IMAGES).read_bytes()
+    ResolutionCache.open(folder, dataset=open_set(data_dir), cfg=CFG, verify=True)
+
+
 def test_frontal_only_mismatch_names_the_cause(data_dir, tmp_path):
     import pandas as pd
 
