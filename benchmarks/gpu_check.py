@@ -75,12 +75,13 @@ def _train_step(model, batch_fn, device, dtype, channels_last=False):
     return step
 
 
-def _phantom_loader(size: int, n: int, batch: int, workers: int, root: Path):
+def _phantom_loader(size: int, n: int, batch: int, workers: int, root: Path,
+                    normalize: bool = True):
     from cxrlab.data.cache import ensure_cache
     from cxrlab.data.datasets import load_dataset
     from cxrlab.data.samplers import BlockShuffleSampler, block_items
     from cxrlab.data.synthetic_layouts import write_dataset
-    from cxrlab.data.torch import ImageDataset
+    from cxrlab.data.torch import ImageDataset, collate_items
     from cxrlab.data.transforms import PreprocessConfig
 
     data = write_dataset("chexpert", root / "data", n=n, size=max(64, size), seed=0,
@@ -90,8 +91,10 @@ def _phantom_loader(size: int, n: int, batch: int, workers: int, root: Path):
     cfg = PreprocessConfig(size=size)
     cache = ensure_cache(dataset, cfg, root / "cache", workers=max(1, workers)).cache
     block = block_items(cache.item_bytes)
-    ds = ImageDataset(dataset, cfg, channels=3, cache=cache, read_block=block)
+    ds = ImageDataset(dataset, cfg, channels=3, cache=cache, read_block=block,
+                      normalize=normalize)
     return torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers,
+                                       collate_fn=collate_items,
                                        sampler=BlockShuffleSampler(len(ds), block, seed=0),
                                        pin_memory=torch.cuda.is_available(), drop_last=True,
                                        persistent_workers=workers > 0)
@@ -151,26 +154,35 @@ def main() -> None:
     results["classifier_synthetic"] = _rate(
         _train_step(model, lambda: x, device, half, channels_last=True),
         cls_batch, warmup, seconds, device, steps)
-    with tempfile.TemporaryDirectory() as tmp:
-        loader = _phantom_loader(cls_size, 8 if smoke else 2000, cls_batch, 0 if smoke else 2,
-                                 Path(tmp))
-        batches = iter(())
+    from cxrlab.data.torch import normalize_batch
 
-        def real_batch() -> torch.Tensor:
-            nonlocal batches
-            try:
-                item = next(batches)
-            except StopIteration:
-                batches = iter(loader)
-                item = next(batches)
-            return item["image"].to(device, non_blocking=True)
+    # "loader": float32 batches normalized in the workers (data.normalize_on=loader);
+    # "loader_uint8": uint8 batches normalized on the device (normalize_on=device, the
+    # default on a GPU).
+    for name, normalize in (("classifier_loader", True), ("classifier_loader_uint8", False)):
+        with tempfile.TemporaryDirectory() as tmp:
+            loader = _phantom_loader(cls_size, 8 if smoke else 2000, cls_batch,
+                                     0 if smoke else 2, Path(tmp), normalize=normalize)
+            batches = iter(())
 
-        results["classifier_loader"] = _rate(
-            _train_step(model, real_batch, device, half, channels_last=True),
-            cls_batch, warmup, seconds, device, steps)
-        del loader
+            def real_batch(loader=loader, normalize=normalize) -> torch.Tensor:
+                nonlocal batches
+                try:
+                    item = next(batches)
+                except StopIteration:
+                    batches = iter(loader)
+                    item = next(batches)
+                images = item["image"].to(device, non_blocking=True)
+                return images if normalize else normalize_batch(images, 3, "imagenet")
+
+            results[name] = _rate(
+                _train_step(model, real_batch, device, half, channels_last=True),
+                cls_batch, warmup, seconds, device, steps)
+            del loader
     results["loader_keeps_up"] = round(results["classifier_loader"]
                                        / results["classifier_synthetic"], 3)
+    results["loader_uint8_keeps_up"] = round(results["classifier_loader_uint8"]
+                                             / results["classifier_synthetic"], 3)
 
     # 2. U-Net fp32 vs bf16
     for name, dtype in (("unet_fp32", torch.float32), ("unet_bf16", half)):
@@ -234,6 +246,9 @@ def main() -> None:
     rows = [("classifier synthetic (img/s)", results["classifier_synthetic"]),
             ("classifier real loader (img/s)", results["classifier_loader"]),
             ("loader / synthetic", results["loader_keeps_up"]),
+            ("classifier real loader, uint8 + on-device normalize (img/s)",
+             results["classifier_loader_uint8"]),
+            ("loader uint8 / synthetic", results["loader_uint8_keeps_up"]),
             ("U-Net fp32 (img/s)", results["unet_fp32"]),
             ("U-Net bf16 (img/s)", results["unet_bf16"]),
             ("screening ensemble (img/s)", results["screening_ensemble"]),

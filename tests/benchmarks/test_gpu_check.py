@@ -18,7 +18,7 @@ def test_gpu_check_smoke(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "g.json").read_text())
     assert result["smoke"] is True
-    for key in ("classifier_synthetic", "classifier_loader", "unet_fp32", "unet_bf16",
+    for key in ("classifier_synthetic", "classifier_loader", "classifier_loader_uint8", "unet_fp32", "unet_bf16",
                 "screening_ensemble", "screening_shared"):
         assert result[key] > 0, key
     assert len(result["mini_study"]) == 4 and all(v > 0 for v in result["mini_study"].values())

@@ -129,3 +129,40 @@ def test_a_lone_last_training_batch_is_dropped_not_crashed(make_recipe):
     cfg = make_recipe(**{"data.batch_size": 4})
     sizes = [len(b["image"]) for b in make_loader(prepared, "train", cfg, train=True)]
     assert sum(sizes) == n - (1 if n % 4 == 1 else 0) and min(sizes) > 1
+
+
+def test_normalizing_on_the_device_trains_the_same_weights(make_recipe):
+    """``data.normalize_on=device``: the loaders ship uint8 batches (a twelfth of the bytes)
+    and the module normalizes them after the transfer, with the loader's table, so the run
+    is the same run bit for bit; evaluation loaders keep normalizing themselves."""
+    from cxrlab.config import config_from_dict
+    from cxrlab.engine.module import ClassifierModule
+    from cxrlab.tasks.classification.data import make_loader, normalize_on_device, prepare_data
+
+    three = {"data.channels": 3, "data.normalization": "imagenet", "data.augment": True}
+    cfg = make_recipe(**three, **{"data.normalize_on": "device"})
+    assert normalize_on_device(cfg)
+    assert not normalize_on_device(make_recipe(**{"data.normalize_on": "loader"}))
+    assert not normalize_on_device(make_recipe(**{"train.accelerator": "cpu"}))
+    prepared = prepare_data(cfg)
+    floats = next(iter(make_loader(prepared, "valid", cfg, train=False)))
+    raw = next(iter(make_loader(prepared, "valid", cfg, train=False, normalize=False)))
+    assert floats["image"].dtype == torch.float32 and raw["image"].dtype == torch.uint8
+    assert raw["image"].shape[1] == 1 and floats["image"].shape[1] == prepared.channels
+    module = ClassifierModule(torch.nn.Identity(), torch.nn.BCEWithLogitsLoss(), prepared.task_names,
+                              prepared.label_columns, np.zeros(0), np.zeros((0, 1)), optim=None,
+                              input_norm=(prepared.channels, prepared.normalization))
+    moved = module.on_after_batch_transfer(raw, 0)
+    assert torch.equal(moved["image"], floats["image"])
+    assert module.on_after_batch_transfer(floats, 0)["image"] is floats["image"]
+
+    short = {**three, "train.phases": [{"epochs": 2, "lr": 3e-3}], "train.limit_train_batches": 2}
+    on_loader = train(make_recipe(name="on-loader", **short, **{"data.normalize_on": "loader"}), progress=False)
+    on_device = train(make_recipe(name="on-device", **short, **{"data.normalize_on": "device"}), progress=False)
+    a = _weights(on_loader / "checkpoints" / "phase0" / "final_weights.pt")
+    b = _weights(on_device / "checkpoints" / "phase0" / "final_weights.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    with pytest.raises(ConfigError, match="normalize_on"):
+        config_from_dict(make_recipe().to_dict(), ["data.normalize_on=gpu"])

@@ -246,3 +246,15 @@ def test_interrupted_phantom_study_yields_each_result_exactly_once(tmp_path, tin
     assert json.loads(status.read_text())["state"] == "finished"
     assert run_study(study, out).skipped == 2      # a third call has nothing to do
     assert len(pd.read_csv(out / "results.csv")) == 2
+
+
+def test_the_fingerprint_ignores_how_a_run_is_fed_but_not_what_it_learns(tiny_recipe, tmp_path):
+    from cxrlab.tasks.scaling.plan import recipe_fingerprint
+
+    base = tiny_recipe(tmp_path)
+    same = [tiny_recipe(tmp_path, **{key: value}) for key, value in
+            (("data.num_workers", 8), ("data.micro_batch", 8), ("data.normalize_on", "device"),
+             ("name", "other"))]
+    assert {recipe_fingerprint(r) for r in same} == {recipe_fingerprint(base)}
+    assert recipe_fingerprint(tiny_recipe(tmp_path, **{"data.size": 64})) != recipe_fingerprint(base)
+    assert recipe_fingerprint(tiny_recipe(tmp_path, **{"data.normalization": "xrv"})) != recipe_fingerprint(base)

@@ -33,6 +33,7 @@ from cxrlab.utils import atomic_write_text
 Policy = Literal["ones", "zeros", "ignore", "multiclass"]
 Normalization = Literal["imagenet", "xrv", "unit"]
 OnError = Literal["raise", "skip"]
+NormalizeOn = Literal["auto", "loader", "device"]
 Head = Literal["concat", "linear"]
 LossName = Literal["bce", "focal", "aucm", "softf1", "ce",
                    # the U-Nets' (cxrlab.losses.segmentation), which share this train section
@@ -83,6 +84,12 @@ class DataConfig:
             accumulation. Null = ``batch_size``.
         num_workers: DataLoader worker processes.
         on_error: ``raise`` or ``skip`` for unreadable images and bad label rows.
+        normalize_on: Where cached training images are normalized. ``loader``: in the
+            DataLoader workers (float32 batches cross to the trainer); ``device``: the
+            workers ship uint8 batches (1/12 of the bytes at 3 channels) and the trainer
+            normalizes them after the host-to-device copy, with the same table (the
+            same values bit for bit); ``auto``: ``device`` when training on a GPU,
+            ``loader`` on CPU (where the workers' cores do the work in parallel).
     """
 
     dataset: str = "chexpert"
@@ -107,6 +114,7 @@ class DataConfig:
     micro_batch: int | None = None
     num_workers: int = 2
     on_error: OnError = "raise"
+    normalize_on: NormalizeOn = "auto"
 
 
 @dataclass(frozen=True)

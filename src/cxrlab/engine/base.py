@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cxrlab.data.torch import normalize_batch
 from cxrlab.engine.metrics import Cumulative
 from cxrlab.engine.optim import OptimSpec, build_optimizer
 
@@ -59,6 +60,11 @@ class TaskModule(L.LightningModule):
         loss_fn: The phase's loss, taking ``(outputs, targets)``.
         optim: Optimizer/schedule of this phase.
         channels_last: Convert inputs and model to channels-last memory format.
+        input_norm: ``(channels, normalization)`` of loaders that ship uint8 images
+            (:class:`~cxrlab.data.torch.ImageDataset` with ``normalize=False``): a uint8
+            ``batch["image"]`` is normalized once it is on the module's device
+            (:func:`~cxrlab.data.torch.normalize_batch`), so the host-to-device copy
+            moves bytes, not floats. Float batches pass through untouched.
 
     Subclasses implement ``training_step``, :meth:`validation_items` and
     :meth:`validation_metrics`; ``progress_keys`` names the metrics shown in the
@@ -67,16 +73,25 @@ class TaskModule(L.LightningModule):
 
     progress_keys: tuple[str, ...] = ("val_loss",)
 
-    def __init__(self, model: nn.Module, loss_fn: nn.Module, optim: OptimSpec, channels_last: bool = False) -> None:
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, optim: OptimSpec, channels_last: bool = False,
+                 input_norm: tuple[int, str] | None = None) -> None:
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
         self.optim = optim
         self.channels_last = channels_last
+        self.input_norm = input_norm
         self.val_items = Cumulative()
         self.last_val: dict[str, float] = {}
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if (self.input_norm is not None and isinstance(batch, dict)
+                and isinstance(batch.get("image"), torch.Tensor) and batch["image"].dtype == torch.uint8):
+            channels, normalization = self.input_norm
+            batch = {**batch, "image": normalize_batch(batch["image"], channels, normalization)}
+        return batch
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

@@ -38,6 +38,8 @@ class ClassifierModule(TaskModule):
             dataset, indexed like ``item_study_ids``.
         optim: Optimizer/schedule of this phase.
         channels_last: Convert inputs and model to channels-last memory format.
+        input_norm: ``(channels, normalization)`` when the loaders ship uint8 images
+            (see :class:`~cxrlab.engine.base.TaskModule`).
     """
 
     progress_keys = ("val_auroc", "val_loss")
@@ -52,8 +54,9 @@ class ClassifierModule(TaskModule):
         item_labels: np.ndarray,
         optim: OptimSpec,
         channels_last: bool = False,
+        input_norm: tuple[int, str] | None = None,
     ) -> None:
-        super().__init__(model, loss_fn, optim, channels_last)
+        super().__init__(model, loss_fn, optim, channels_last, input_norm)
         self.task_names = list(task_names)
         self.register_buffer("label_columns", torch.as_tensor(list(label_columns)), persistent=False)
         self.item_study_ids = np.asarray(item_study_ids)

@@ -170,8 +170,14 @@ def prepare_data(cfg: ExperimentConfig, cache_root: Path | None = None) -> Prepa
 
 
 def make_loader(prepared: PreparedData, split: str, cfg: ExperimentConfig, train: bool,
-                shuffle_seed: int = 0, shard: bool = False) -> torch.utils.data.DataLoader:
+                shuffle_seed: int = 0, shard: bool = False,
+                normalize: bool = True) -> torch.utils.data.DataLoader:
     """A DataLoader over one split (training: augmented, shuffled per epoch).
+
+    ``normalize=False``: the batches' images stay uint8 ``(B, 1, S, S)``; the consumer
+    normalizes them where they land (a :class:`~cxrlab.engine.base.TaskModule` built with
+    ``input_norm``, see :func:`normalize_on_device`). Without a cache every item is
+    decoded anyway, and the loader normalizes as usual.
 
     ``shard``: a loader of a (possibly DDP) trainer: each rank reads its slice of the
     epoch's order (:class:`ShardedSampler`); the trainer must pass
@@ -183,7 +189,8 @@ def make_loader(prepared: PreparedData, split: str, cfg: ExperimentConfig, train
     block = block_items(part.cache.item_bytes) if part.cache is not None else None
     ds = ImageDataset(part.dataset, prepared.preprocess, channels=prepared.channels,
                       normalization=prepared.normalization, augment=augment, cache=part.cache,
-                      indices=part.indices, read_block=block)
+                      indices=part.indices, read_block=block,
+                      normalize=normalize or part.cache is None)
     micro = cfg.data.micro_batch or cfg.data.batch_size
     shuffle = train and cfg.train.shuffle
     if block is not None:
@@ -210,6 +217,18 @@ def make_loader(prepared: PreparedData, split: str, cfg: ExperimentConfig, train
         pin_memory=torch.cuda.is_available(),
         collate_fn=collate_items,  # batches read and normalized whole (ImageDataset.__getitems__)
     )
+
+
+def normalize_on_device(cfg: ExperimentConfig) -> bool:
+    """Whether training loaders ship uint8 images for the trainer to normalize on its
+    device (``data.normalize_on``; ``auto``: on a GPU only)."""
+    where = cfg.data.normalize_on
+    if where != "auto":
+        return where == "device"
+    accelerator = str(cfg.train.accelerator).lower()
+    if accelerator in ("gpu", "cuda"):
+        return True
+    return accelerator == "auto" and torch.cuda.is_available()
 
 
 def accumulation(cfg: ExperimentConfig) -> int:

@@ -46,6 +46,7 @@ from cxrlab.tasks.classification.data import (
     PreparedData,
     accumulation,
     make_loader,
+    normalize_on_device,
     prepare_data,
 )
 from cxrlab.tasks.classification.evaluate import evaluate_run
@@ -245,18 +246,21 @@ def _train_phase(cfg, k, model, prepared, valid, run_dir, save, resume, progress
         last = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)][-1]
         last.reset_parameters()
     model.freeze_body(phase.freeze_body)
+    on_device = normalize_on_device(cfg)
     module = ClassifierModule(
         model, _make_loss(cfg, k, prepared), prepared.task_names, prepared.label_columns,
         item_study_ids=valid.study_ids, item_labels=prepared.task_labels("valid"),
         optim=_phase_spec(cfg, k), channels_last=cfg.train.channels_last,
+        input_norm=(prepared.channels, prepared.normalization) if on_device else None,
     )
     callbacks: list = [EpochSeed(cfg.seed, k), BestCheckpoints(run_dir, k, save)]
     if epoch_hook is not None:
         callbacks.append(_Hook(k, epoch_hook))
     trainer = _trainer(cfg, phase.epochs, callbacks, ckpt_dir, progress)
     ckpt_path = resume_checkpoint(ckpt_dir, resume, f"phase {k}")
-    train_loader = make_loader(prepared, "train", cfg, train=True, shuffle_seed=cfg.seed * 31 + k, shard=True)
-    valid_loader = make_loader(prepared, "valid", cfg, train=False, shard=True)
+    train_loader = make_loader(prepared, "train", cfg, train=True, shuffle_seed=cfg.seed * 31 + k, shard=True,
+                               normalize=not on_device)
+    valid_loader = make_loader(prepared, "valid", cfg, train=False, shard=True, normalize=not on_device)
     trainer.fit(module, train_loader, valid_loader, ckpt_path=ckpt_path)
     if trainer.interrupted:
         raise KeyboardInterrupt("training interrupted")

@@ -85,6 +85,7 @@ def recipe_fingerprint(config: Mapping[str, Any]) -> str:
     data.pop("name", None)
     data["data"].pop("num_workers", None)
     data["data"].pop("micro_batch", None)
+    data["data"].pop("normalize_on", None)  # where images are normalized: same values
     return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
