@@ -110,7 +110,7 @@ def test_rerun_is_a_fast_noop_and_a_change_updates_alone(tmp_path):
     cv2.imwrite(str(image), np.full((30, 30), 77, np.uint8))
     updated = runner.invoke(app, cache_args(csv, tmp_path / "c"))
     assert updated.exit_code == 0, updated.output
-    assert "processed 1 in" in updated.output and "copied 4" in updated.output
+    assert "processed 1 in" in updated.output and "kept 4 in place" in updated.output
     assert "1 modified (size or modification time): x3.png" in updated.output
 
 

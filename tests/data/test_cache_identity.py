@@ -130,6 +130,7 @@ def test_modified_files_alone_are_rewritten_in_place(data_dir, tmp_path, monkeyp
     assert "2 modified" in result.detail
     assert (folder / IMAGES).stat().st_ino == inode  # the same file, not a rewritten copy
     assert result.cache.manifest["build"]["copied"] == len(dataset) - 2
+    assert result.cache.manifest["build"]["in_place"] is True
     assert "updating" not in result.cache.manifest and "updated" in result.cache.manifest
     fresh = build_cache(open_set(data_dir), CFG, tmp_path / "fresh", workers=1, progress=False)
     assert (folder / IMAGES).read_bytes() == (tmp_path / "fresh" / IMAGES).read_bytes()

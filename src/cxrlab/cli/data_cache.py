@@ -98,11 +98,13 @@ def register(app: typer.Typer) -> None:
             build = cache.manifest["build"]
             rate = build.get("images_per_second")
             verb = "cached" if result.action == "built" else "updated"
+            kept = (f"kept {build['copied']} in place" if build.get("in_place")
+                    else f"copied {build['copied']}")
             console.print(f"{verb} {len(cache)} {data.name} images at {cache.size} px in "
                           f"{cache.path}: {_bytes(cache.nbytes)}, processed "
                           f"{build['processed']} in {build['seconds']:.1f} s "
                           f"({rate if rate is not None else 'n/a'} images/s, "
-                          f"{build['workers']} worker(s)), copied {build['copied']}, "
+                          f"{build['workers']} worker(s)), {kept}, "
                           f"skipped {len(cache.skipped)}", highlight=False, soft_wrap=True)
             if result.action == "updated":
                 console.print(f"changed since the last build: {result.detail}",

@@ -631,6 +631,7 @@ def _update_in_place(cache: ResolutionCache, dataset: XrayDataset, cfg: Preproce
     manifest = _manifest(dataset, identity, n, size, file_info, skipped, workers, len(todo),
                          n - len(todo), time.perf_counter() - start)
     manifest["created"] = cache.manifest.get("created", manifest["created"])
+    manifest["build"]["in_place"] = True
     manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_text(path / SOURCES, json.dumps({"base": identity.base,
                                                   "records": identity.records}) + "\n")
