@@ -219,3 +219,33 @@ def test_check_names_damaged_items(data_dir, tmp_path):
         reopened.verify()
     manifest = json.loads((tmp_path / "c" / MANIFEST).read_text())
     assert manifest["dataset"]["key"] == dataset_identity(dataset, CFG).key
+
+
+def test_a_changed_mask_source_reprocesses_its_item(tmp_path):
+    """Masks come from other files than the images (Kaggle's train-rle.csv here): an edited
+    RLE row changes that item's cache record, so its mask is re-processed, never served
+    stale; the other items stay as they are."""
+    from cxrlab.data.synthetic_layouts import write_dataset
+
+    root = write_dataset("siim", tmp_path / "siim", n=8, size=64, seed=1, prevalence=0.5)
+    rle_csv = root / "train-rle.csv"
+    dataset = load_dataset("siim", rle_csv=rle_csv, root=root)
+    folder = tmp_path / "c"
+    ensure_cache(dataset, CFG, folder, workers=1)
+    positive = next(i for i in range(len(dataset)) if dataset.mask(i).any())
+    image_id = dataset.table["image_id"].iloc[positive]
+    lines = rle_csv.read_text().splitlines()
+    target = next(k for k, line in enumerate(lines) if line.startswith(image_id))
+    lines[target] = lines[target].split(",")[0] + ", -1"   # the reader withdrew the region
+    rle_csv.write_text("\n".join(lines) + "\n")
+    changed = load_dataset("siim", rle_csv=rle_csv, root=root)
+    assert not changed.mask(positive).any()
+    with pytest.raises(CacheError, match="mask source"):
+        ResolutionCache.open(folder, dataset=changed, cfg=CFG)
+    result = ensure_cache(changed, CFG, folder, workers=1)
+    assert result.action == "updated" and result.processed == 1, result.message()
+    assert "1 modified (size, modification time or mask source)" in result.detail
+    assert not result.cache.masks[positive].any()
+    fresh = build_cache(changed, CFG, tmp_path / "fresh", workers=1, progress=False)
+    np.testing.assert_array_equal(np.asarray(result.cache.masks), np.asarray(fresh.masks))
+    assert ensure_cache(changed, CFG, folder, workers=1).action == "reused"

@@ -114,3 +114,19 @@ def test_image_shape_from_headers(tmp_path, rg1_dir):
         image_shape(junk)
     with pytest.raises(MissingFileError):
         image_shape(tmp_path / "none.png")
+
+
+def test_grouped_digests_follow_each_images_entries_in_any_order():
+    import pandas as pd
+
+    from cxrlab.data.datasets.base import grouped_digests
+
+    boxes = pd.DataFrame({"image": ["a", "b", "a"], "label": ["x", "y", "z"], "x": [1.0, 2.0, 3.0]})
+    base = grouped_digests(["a", "b", "c"], boxes, "image")
+    assert base[2] == "" and base[0] != base[1] and len(base[0]) == 16
+    assert grouped_digests(["a", "b", "c"], boxes.iloc[::-1], "image") == base  # row order
+    moved = boxes.copy()
+    moved.loc[2, "x"] = 4.0  # one of a's boxes moved: only a changes
+    after = grouped_digests(["a", "b", "c"], moved, "image")
+    assert after[0] != base[0] and after[1:] == base[1:]
+    assert grouped_digests(["a"], boxes.iloc[:0], "image") == [""]

@@ -20,7 +20,9 @@ A cache folder holds:
 ``sources.json``
     ``{"base": ..., "records": [[relative path, size, mtime_ns], ...]}``: the ordered
     source files relative to ``base``, their common folder at build time (size and
-    mtime ``-1`` for a file that could not be stat'ed).
+    mtime ``-1`` for a file that could not be stat'ed); with masks each record also
+    holds the item's mask source record (:meth:`~cxrlab.data.datasets.base.XrayDataset.mask_records`:
+    the mask file's size and mtime, or a digest of its RLE or boxes).
 ``manifest.json``
     format and cxrlab versions, the preprocessing parameters (``cfg.to_dict()``), the
     dataset (name, pathologies, ``N``, views, masks, its content ``key``), the byte size
@@ -232,9 +234,12 @@ def dataset_identity(dataset: XrayDataset, cfg: PreprocessConfig,
             records.append([rel, int(st.st_size), int(st.st_mtime_ns)])
         except OSError:
             records.append([rel, -1, -1])
-    return CacheIdentity(name=dataset.name, base=base, records=records,
-                         masks=bool(dataset.has_masks()), views=_views(dataset),
-                         preprocess=_cfg_dict(cfg))
+    masks = bool(dataset.has_masks())
+    if masks and stat:  # a changed mask source (file, RLE, box) changes the item too
+        for record, mask in zip(records, dataset.mask_records()):
+            record.append(mask)
+    return CacheIdentity(name=dataset.name, base=base, records=records, masks=masks,
+                         views=_views(dataset), preprocess=_cfg_dict(cfg))
 
 
 @dataclass
@@ -254,8 +259,9 @@ class FileChanges:
     def describe(self, identity: CacheIdentity, cached: list[list[Any]], limit: int = 3) -> str:
         """``"2 modified (a.jpg, b.jpg), 1 added (c.jpg)"``; '' when nothing changed."""
         parts = []
-        for label, items, rows in (("modified (size or modification time)", self.modified,
-                                    identity.records),
+        modified = ("modified (size, modification time or mask source)" if identity.masks
+                    else "modified (size or modification time)")
+        for label, items, rows in ((modified, self.modified, identity.records),
                                    ("added", self.added, identity.records),
                                    ("removed", self.removed, cached)):
             if items:

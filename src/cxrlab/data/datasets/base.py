@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import copy
 import gzip
+import hashlib
 import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -126,6 +127,19 @@ def regex_groups(values: Sequence[str], pattern: str) -> dict[str, np.ndarray]:
 def missing_files(paths: Sequence[str]) -> np.ndarray:
     """Boolean mask of ``paths`` that are not existing files."""
     return np.fromiter((not os.path.isfile(p) for p in paths), dtype=bool, count=len(paths))
+
+
+def grouped_digests(keys: Sequence[Any], entries: pd.DataFrame, key_column: str) -> list[str]:
+    """For each of ``keys``, a 16-hex-digit digest of the rows of ``entries`` whose
+    ``key_column`` equals it (order-independent; ``""`` when there is none): what
+    :meth:`XrayDataset.mask_records` returns for box or RLE mask sources."""
+    digests: dict[Any, str] = {}
+    if len(entries):
+        for key, group in entries.groupby(key_column, sort=False):
+            rows = sorted(group.drop(columns=[key_column]).astype(str)
+                          .agg("\x1f".join, axis=1).tolist())
+            digests[key] = hashlib.blake2b("\x1e".join(rows).encode(), digest_size=8).hexdigest()
+    return [digests.get(key, "") for key in keys]
 
 
 def boxes_mask(shape: tuple[int, int], x0: np.ndarray, y0: np.ndarray, x1: np.ndarray,
@@ -299,6 +313,30 @@ class XrayDataset:
     def has_masks(self) -> bool:
         """Whether this dataset has a mask source at all."""
         return "mask_path" in self.table.columns and bool((self.table["mask_path"] != "").any())
+
+    def mask_records(self) -> list[str]:
+        """One short string per image that changes whenever the source of its mask
+        changes (a resolution cache keeps it beside the image file's size and mtime, so a
+        corrected mask file, RLE or box is re-processed, never served stale).
+
+        The base implementation records each ``mask_path`` file's size and ``mtime_ns``
+        (``""`` without a mask, ``"missing"`` for a file that cannot be stat'ed); sources
+        with boxes or RLE override it with a digest of the image's entries.
+        """
+        if "mask_path" not in self.table.columns:
+            return [""] * len(self)
+        records = []
+        for path in self.table["mask_path"].tolist():
+            if not path:
+                records.append("")
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                records.append("missing")
+            else:
+                records.append(f"{st.st_size}:{st.st_mtime_ns}")
+        return records
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> XrayDataset:
         """A dataset of the same class with the rows ``indices`` (int positions or a

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlab.data.datasets.base import (PolicyArg, XrayDataset, boxes_mask, image_shape,
+from cxrlab.data.datasets.base import (PolicyArg, XrayDataset, boxes_mask, grouped_digests, image_shape,
                                        is_frontal_view, read_csv_table, report_bad_rows)
 from cxrlab.errors import CSVFormatError, LabelValueError, MissingFileError, SkipLog
 
@@ -192,6 +192,10 @@ class NihDataset(XrayDataset):
 
     def has_masks(self) -> bool:
         return len(self.boxes) > 0
+
+    def mask_records(self) -> list[str]:
+        """A digest of each image's boxes (see :meth:`XrayDataset.mask_records`)."""
+        return grouped_digests(self.table["image_id"].tolist(), self.boxes, "image")
 
     def mask(self, i: int, pathology: str | None = None) -> np.ndarray | None:
         """Union of the boxes of image ``i`` (of ``pathology`` if given) as a mask.

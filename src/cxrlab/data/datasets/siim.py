@@ -9,6 +9,8 @@ are unioned), ``-1`` for an image without pneumothorax. DICOMs are found anywher
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 from pathlib import Path
 
@@ -134,6 +136,16 @@ class SiimDataset(XrayDataset):
 
     def has_masks(self) -> bool:
         return True
+
+    def mask_records(self) -> list[str]:
+        """A digest of each image's RLE strings and mask size (see
+        :meth:`XrayDataset.mask_records`)."""
+        records = []
+        for image_id, rows, cols in zip(self.table["image_id"], self.table["rows"],
+                                        self.table["cols"]):
+            text = f"{rows}x{cols}\x1e" + "\x1e".join(self.rles[image_id])
+            records.append(hashlib.blake2b(text.encode(), digest_size=8).hexdigest())
+        return records
 
     def mask(self, i: int, pathology: str | None = None) -> np.ndarray:
         """Union of the image's RLE regions, bool ``(rows, cols)``; empty for ``-1``."""

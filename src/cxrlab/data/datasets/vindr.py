@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrlab.data.datasets.base import (PolicyArg, XrayDataset, boxes_mask, image_shape,
+from cxrlab.data.datasets.base import (PolicyArg, XrayDataset, boxes_mask, grouped_digests, image_shape,
                                        read_csv_table, report_bad_rows)
 from cxrlab.errors import CSVFormatError, LabelValueError, MissingFileError, SkipLog
 
@@ -130,6 +130,11 @@ class VindrDataset(XrayDataset):
 
     def has_masks(self) -> bool:
         return True
+
+    def mask_records(self) -> list[str]:
+        """A digest of each image's boxes, every reader's (see
+        :meth:`XrayDataset.mask_records`)."""
+        return grouped_digests(self.table["image_id"].tolist(), self.boxes, "image_id")
 
     def boxes_for(self, i: int, pathology: str | None = None) -> pd.DataFrame:
         """Every reader's boxes on image ``i`` (of ``pathology`` if given)."""
