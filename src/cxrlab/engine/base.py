@@ -1,6 +1,7 @@
 """The Lightning module every image task trains with: :class:`TaskModule`.
 
-It owns what the task modules used to repeat: the forward pass (channels-last when asked),
+It owns what the task modules used to repeat: the forward pass (channels-last when asked,
+uint8 batches normalized once they are on the device when built with ``input_norm``),
 the phase's learning-rate decays at epoch start, the optimizer and schedule built from an
 :class:`~cxrlab.engine.optim.OptimSpec`, and the validation buffers (a
 :class:`~cxrlab.engine.metrics.Cumulative` of per-item values, gathered from every rank
