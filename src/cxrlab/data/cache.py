@@ -499,7 +499,6 @@ def _write_cache(dataset: XrayDataset, cfg: PreprocessConfig, identity: CacheIde
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        files = [IMAGES] + ([MASKS, MASK_KNOWN] if with_masks else []) + [DIGESTS]
         _allocate(tmp / IMAGES, n * size * size)
         _allocate(tmp / DIGESTS, n * 8)
         if with_masks:
@@ -517,19 +516,10 @@ def _write_cache(dataset: XrayDataset, cfg: PreprocessConfig, identity: CacheIde
                           for i, k in changes.reuse.items() if k in old_skipped]
         failures = _fill(dataset, cfg, tmp, n, with_masks, workers, progress, on_error,
                          chunk_size, todo) if todo else []
-        if failures and on_error == "raise":
-            _i, cls, source, problem = min(failures, key=lambda f: f[0])
-            raise cls(source, problem)
-        skipped = sorted(kept_skips + [
-            {"index": i, "path": paths[i], "problem": f"{cls.__name__}: {problem}"}
-            for i, cls, _source, problem in failures], key=lambda s: s["index"])
+        skipped = sorted(kept_skips + _skip_entries(failures, paths, on_error),
+                         key=lambda s: s["index"])
         build_seconds = time.perf_counter() - start
-
-        file_info = {}
-        for name in files:
-            _fsync(tmp / name)
-            file_info[name] = {"bytes": (tmp / name).stat().st_size}
-        file_info[DIGESTS]["blake2b"] = file_blake2b(tmp / DIGESTS)
+        file_info = _file_info(tmp, with_masks)
         (tmp / SOURCES).write_text(json.dumps({"base": identity.base,
                                                "records": identity.records}) + "\n")
         manifest = _manifest(dataset, identity, n, size, file_info, skipped, workers,
@@ -543,6 +533,28 @@ def _write_cache(dataset: XrayDataset, cfg: PreprocessConfig, identity: CacheIde
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ResolutionCache(out_dir, manifest)
+
+
+def _skip_entries(failures: list[tuple[int, type, str | None, str]], paths: list[str],
+                  on_error: str) -> list[dict[str, Any]]:
+    """The manifest's ``skipped`` entries of ``failures``; under ``on_error="raise"`` the
+    first failure (by index) is raised instead."""
+    if failures and on_error == "raise":
+        _i, cls, source, problem = min(failures, key=lambda f: f[0])
+        raise cls(source, problem)
+    return [{"index": i, "path": paths[i], "problem": f"{cls.__name__}: {problem}"}
+            for i, cls, _source, problem in failures]
+
+
+def _file_info(folder: Path, with_masks: bool) -> dict[str, Any]:
+    """fsync the data files of ``folder``; their byte sizes and the digests file's blake2b
+    (the manifest's ``files``)."""
+    info = {}
+    for name in [IMAGES] + ([MASKS, MASK_KNOWN] if with_masks else []) + [DIGESTS]:
+        _fsync(folder / name)
+        info[name] = {"bytes": (folder / name).stat().st_size}
+    info[DIGESTS]["blake2b"] = file_blake2b(folder / DIGESTS)
+    return info
 
 
 def _manifest(dataset: XrayDataset, identity: CacheIdentity, n: int, size: int,
@@ -620,20 +632,11 @@ def _update_in_place(cache: ResolutionCache, dataset: XrayDataset, cfg: Preproce
     atomic_write_text(path / MANIFEST, json.dumps(marked, indent=2) + "\n")
     failures = _fill(dataset, cfg, path, n, identity.masks, workers, progress, on_error,
                      chunk_size, todo)
-    if failures and on_error == "raise":
-        _i, cls, source, problem = min(failures, key=lambda f: f[0])
-        raise cls(source, problem)
-    redone = set(todo)
     paths = [str(p) for p in dataset.table["path"].tolist()]
-    skipped = sorted([s for s in cache.skipped if s["index"] not in redone] + [
-        {"index": i, "path": paths[i], "problem": f"{cls.__name__}: {problem}"}
-        for i, cls, _source, problem in failures], key=lambda s: s["index"])
-    files = [IMAGES] + ([MASKS, MASK_KNOWN] if identity.masks else []) + [DIGESTS]
-    file_info = {}
-    for name in files:
-        _fsync(path / name)
-        file_info[name] = {"bytes": (path / name).stat().st_size}
-    file_info[DIGESTS]["blake2b"] = file_blake2b(path / DIGESTS)
+    redone = set(todo)
+    skipped = sorted([s for s in cache.skipped if s["index"] not in redone]
+                     + _skip_entries(failures, paths, on_error), key=lambda s: s["index"])
+    file_info = _file_info(path, identity.masks)
     manifest = _manifest(dataset, identity, n, size, file_info, skipped, workers, len(todo),
                          n - len(todo), time.perf_counter() - start)
     manifest["created"] = cache.manifest.get("created", manifest["created"])

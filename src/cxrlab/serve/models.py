@@ -198,16 +198,8 @@ class ModelSet:
         return [_analysis(*parts) for parts in zip(items, findings, cams, screening, ptx)]
 
     def analyze(self, path: str | Path, image: XrayImage | None = None) -> Analysis:
-        """Decode one DICOM/PNG/JPEG file and run every model on it.
-
-        Args:
-            path: The file.
-            image: The file already decoded (by :class:`cxrlab.serve.decode.DecodePool`),
-                or None to decode it here.
-
-        Raises:
-            InputError: The file is not a readable image (subclasses say why).
-        """
+        """Decode one DICOM/PNG/JPEG file and run every model on it: a batch of one
+        (:meth:`prepare`, whose arguments and errors these are, then :meth:`analyze_batch`)."""
         return self.analyze_batch([self.prepare(path, image)])[0]
 
 
