@@ -54,3 +54,26 @@ def test_classification_under_ddp_matches_one_process(tmp_path, tiny_recipe, cli
     after = torch.load(final, map_location="cpu", weights_only=True)
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert (run_dir / "metrics.json").is_file()
+
+
+def test_uint8_batches_normalized_on_each_rank_match_one_process(tmp_path, tiny_recipe, cli_env,
+                                                                 classifier_validation):
+    """``data.normalize_on=device`` under DDP: every rank receives uint8 batches and
+    normalizes them after the transfer; the gathered validation metrics equal what one
+    process computes from the saved weights with the float loader."""
+    recipe = tiny_recipe(tmp_path / "runs", name="ddp8", **{
+        "data.size": 32, "data.channels": 3, "data.normalization": "imagenet",
+        "data.normalize_on": "device", "train.limit_train_batches": 2})
+    recipe["train"]["phases"] = [{"epochs": 1, "lr": 3e-3}]
+    path = tmp_path / "ddp8.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    done = subprocess.run([sys.executable, "-m", "cxrlab.cli.main", "train", str(path), "--no-progress",
+                           "train.strategy=ddp", "train.devices=2", "train.accelerator=cpu"],
+                          env=cli_env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in done.stderr, done.stderr[-4000:]
+    run_dir = tmp_path / "runs" / "ddp8"
+    row = pd.read_csv(run_dir / "history.csv").iloc[-1]
+    expected = classifier_validation(run_dir, 0)
+    for key in ("val_auroc", "val_loss"):
+        assert row[key] == pytest.approx(expected[key], abs=1e-6), key
